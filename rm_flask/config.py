@@ -1,0 +1,179 @@
+"""Load, validate and hold the server's configuration (SPEC §6).
+
+Configuration is read once at start-up into one frozen `Config`; nothing else in the
+package reads the environment. Order of precedence: defaults, then the JSON file, then
+`RM_*` environment variables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+@dataclass(frozen=True)
+class Config:
+    redis_host: str = "127.0.0.1"
+    redis_port: int = 6379
+    redis_url: str | None = None
+    ws_port: int = 8080
+    secure_mode: bool = False
+    rm_route: str = "/rm"
+    queue_expiry: int = 604800
+    conn_limit: int = 10000
+    user_conn_limit: int = 6
+    max_queue_length: int = 10000
+    identify_timeout: float = 10
+    cors_allowed_origins: str | list[str] = "*"
+    log_level: str = "info"
+    # Not in the seed: the demo's publish endpoint, and where the embedded Redis keeps data.
+    demo: bool = False
+    data_dir: str = "var"
+    # How long a socket may leave one message unacknowledged (ack mode) before we
+    # give up on it, disconnect it and recommit what it held.
+    ack_timeout: float = 30
+    # Messages handed to a socket per drain step; the next step waits for acks.
+    drain_batch: int = 100
+
+    def redis_kwargs(self) -> dict[str, Any]:
+        """Arguments for `redis.Redis.from_url`."""
+        if self.redis_url:
+            return {"url": self.redis_url}
+        return {"url": f"redis://{self.redis_host}:{self.redis_port}/0"}
+
+
+# (type, check, what is expected) for every key; the check runs on the converted value.
+_RULES: dict[str, tuple[type, Any, str]] = {
+    "redis_host": (str, lambda v: bool(v), "a host name"),
+    "redis_port": (int, lambda v: 1 <= v <= 65535, "an integer from 1 to 65535"),
+    "redis_url": (
+        str,
+        lambda v: v is None or v.startswith(("redis://", "rediss://", "unix://")),
+        "null or a redis://, rediss:// or unix:// URL",
+    ),
+    "ws_port": (int, lambda v: 0 <= v <= 65535, "an integer from 0 to 65535"),
+    "secure_mode": (bool, None, "true or false"),
+    "rm_route": (
+        str,
+        lambda v: v.startswith("/") and len(v) > 1 and " " not in v,
+        "a namespace starting with / such as /rm",
+    ),
+    "queue_expiry": (int, lambda v: v >= 1, "a whole number of seconds >= 1"),
+    "conn_limit": (int, lambda v: v >= 1, "an integer >= 1"),
+    "user_conn_limit": (int, lambda v: v >= 1, "an integer >= 1"),
+    "max_queue_length": (int, lambda v: v >= 1, "an integer >= 1"),
+    "identify_timeout": (float, lambda v: v > 0, "a number of seconds > 0"),
+    "cors_allowed_origins": (list, None, '"*", an origin, or a list of origins'),
+    "log_level": (str, lambda v: v in LOG_LEVELS, "one of " + ", ".join(LOG_LEVELS)),
+    "demo": (bool, None, "true or false"),
+    "data_dir": (str, lambda v: bool(v), "a folder path"),
+    "ack_timeout": (float, lambda v: v > 0, "a number of seconds > 0"),
+    "drain_batch": (int, lambda v: 1 <= v <= 10000, "an integer from 1 to 10000"),
+}
+
+_NULLABLE = {"redis_url"}
+
+
+def _convert(key: str, value: Any, from_env: bool) -> Any:
+    kind, check, expected = _RULES[key]
+    bad = ConfigError(f"config: {key}={value!r} is invalid: expected {expected}")
+    if value is None or (from_env and key in _NULLABLE and value in ("", "null")):
+        if key in _NULLABLE:
+            return None
+        raise bad
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if from_env and isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise bad
+    if kind is int:
+        if isinstance(value, bool):
+            raise bad
+        if from_env and isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                raise bad from None
+        if not isinstance(value, int):
+            raise bad
+    elif kind is float:
+        if isinstance(value, bool):
+            raise bad
+        if from_env and isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad from None
+        if not isinstance(value, (int, float)):
+            raise bad
+        value = float(value)
+    elif kind is list:
+        if from_env and isinstance(value, str) and value.startswith("["):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, list):
+            if not all(isinstance(v, str) and v for v in value):
+                raise bad
+        elif not (isinstance(value, str) and value):
+            raise bad
+    elif kind is str and not isinstance(value, str):
+        raise bad
+    if check is not None and not check(value):
+        raise bad
+    return value
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the one `Config` from defaults, a JSON file, `RM_*` variables and overrides.
+
+    `path` defaults to `RM_CONFIG`, then to `config.json` in the working folder if present.
+    Raises `ConfigError` with a one-line message naming the key, the value and what was
+    expected.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    file_path = path or environ.get("RM_CONFIG")
+    if file_path is None and Path("config.json").is_file():
+        file_path = "config.json"
+    if file_path is not None:
+        try:
+            raw = json.loads(Path(file_path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config: cannot read {file_path}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise ConfigError(f"config: {file_path} is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config: {file_path} must hold a JSON object")
+        for key, value in raw.items():
+            if key.startswith("_"):  # "_comment" keys are allowed in the file
+                continue
+            if key not in _RULES:
+                raise ConfigError(f"config: unknown key {key!r} in {file_path}")
+            values[key] = _convert(key, value, from_env=False)
+    for key in _RULES:
+        env_key = "RM_" + key.upper()
+        if env_key in environ:
+            values[key] = _convert(key, environ[env_key], from_env=True)
+    for key, value in (overrides or {}).items():
+        if key not in _RULES:
+            raise ConfigError(f"config: unknown key {key!r}")
+        values[key] = _convert(key, value, from_env=False)
+    return dataclasses.replace(Config(), **values)

@@ -1,0 +1,360 @@
+"""Decide, for each message, which sockets get it now and what waits in Redis (SPEC §5).
+
+One way through: the listener hands a PUBLISH to `route`; `deliver` either sends it to
+the user's open sockets or queues it; a socket that identifies is `admit`ted and drains
+the queue; acknowledgements `settle` messages; a socket that leaves gives back what it
+had not acknowledged (`recommit`). Everything for one uid happens under that uid's lock,
+which is what keeps the queue, the drain and live delivery in one order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any, Protocol
+
+import redis
+
+from . import envelope, names
+from .envelope import Envelope
+from .metrics import Metrics
+from .registry import Conn, Pending, Registry, User
+from .store import Store
+
+log = logging.getLogger("rm_flask")
+
+RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+class Transport(Protocol):
+    """What the dispatcher needs from the socket layer."""
+
+    def send(self, conn: Conn, env: Envelope, bubble: bool, callback: Callable[..., None] | None) -> None: ...
+
+    def disconnect(self, conn: Conn) -> None: ...
+
+
+def retrying(what: str, call: Callable[[], Any], attempts: int | None = None) -> Any:
+    """Run a Redis call until it succeeds (or `attempts` run out), backing off.
+
+    Used where giving up would lose a message: the data is only in this process's memory
+    until the call lands.
+    """
+    tried = 0
+    while True:
+        try:
+            return call()
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            tried += 1
+            if attempts is not None and tried >= attempts:
+                raise
+            if tried == 1:
+                log.warning("Redis unavailable while %s (%s); retrying", what, exc)
+            time.sleep(RETRY_DELAYS[min(tried, len(RETRY_DELAYS)) - 1])
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        transport: Transport,
+        metrics: Metrics,
+        spawn: Callable[..., Any],
+        drain_batch: int = 100,
+        ack_timeout: float = 30,
+    ) -> None:
+        self.store = store
+        self.spawn = spawn
+        self.registry = registry
+        self.transport = transport
+        self.metrics = metrics
+        self.drain_batch = drain_batch
+        self.ack_timeout = ack_timeout
+
+    ### From Redis ###
+
+    def route(self, channel: str, data: bytes) -> None:
+        """Deliver or queue one PUBLISH; never raises, so the listener keeps going."""
+        self.metrics.received.inc()
+        try:
+            target = names.parse_channel(channel)
+            if target is None:
+                log.warning("Ignoring message on %s: not a user or group channel with a valid id",
+                            channel[:300])
+                self.metrics.invalid.inc()
+                return
+            log.info("New message from channel %s", channel)
+            env = envelope.make(channel, data)
+            kind, ident = target
+            if kind == "user":
+                self.deliver(ident, env)
+                return
+            members = retrying(
+                f"reading members of group {ident}",
+                lambda: self.store.redis.smembers(names.group_members_key(ident)),
+            )
+            for raw in sorted(members):
+                uid = raw.decode("utf-8", "replace")
+                if names.valid_id(uid):
+                    self.deliver(uid, env)
+                else:
+                    log.warning("Group %s has an invalid member %r; skipped", ident, uid[:80])
+        except Exception:
+            log.exception("Failed to route a message from %s", channel[:300])
+
+    def deliver(self, uid: str, env: Envelope) -> None:
+        """Send `env` to `uid`'s sockets, or queue it if they have none or are draining."""
+        with self.registry.user_lock(uid):
+            user = self.registry.user(uid)
+            if user is None or not user.conns:
+                log.info("Client is not online, queueing message in Redis (%s)", names.queue_key(uid))
+                self._queue(uid, env)
+            elif user.draining:
+                # Behind the queue being drained, so that it keeps its place in line.
+                self._queue(uid, env)
+            else:
+                self._send(user, env, envelope.dumps(env), tracked=False)
+
+    def _queue(self, uid: str, env: Envelope) -> None:
+        cut = retrying(
+            f"queueing for {uid}", lambda: self.store.append(uid, envelope.dumps(env))
+        )
+        self.metrics.queued.inc()
+        for raw in cut:
+            self.metrics.trimmed.inc()
+            log.warning(
+                "%s: queue is over max_queue_length, dropping its oldest message '%s'",
+                uid, envelope.preview(envelope.loads(raw)),
+            )
+
+    ### To sockets ###
+
+    def _send(self, user: User, env: Envelope, stored: str, tracked: bool) -> None:
+        """Send to every open socket of `user` (their lock held).
+
+        With an ack-mode socket alone, the message is delivered only once acknowledged, so
+        it stays in flight in Redis until then; once it is written to a socket that does not
+        acknowledge, it is delivered.
+        """
+        conns = list(user.conns)
+        msg_id = env["id"]
+        if all(c.ack for c in conns):
+            if not tracked:
+                try:
+                    self.store.track(user.uid, stored)
+                except redis.RedisError as exc:
+                    # Still deliverable; if it is not acknowledged it is recommitted all
+                    # the same, since `recommit` pushes what it is given.
+                    log.warning("%s: could not record message %s in flight: %s", user.uid, msg_id, exc)
+            user.pending[msg_id] = Pending(env, stored, {c.sid for c in conns})
+            delivered = False
+        else:
+            delivered = True
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s: Sending message '%s' from %s", user.uid, envelope.preview(env), env["source"])
+        first = conns[0]
+        for conn in conns:
+            self._write(user, conn, env, conn is first)
+        if delivered:
+            self.metrics.delivered.inc()
+            if tracked:
+                self._settle(user.uid, [stored])
+
+    def _write(self, user: User, conn: Conn, env: Envelope, bubble: bool) -> None:
+        callback = partial(self.acked, user.uid, conn.sid, env["id"]) if conn.ack else None
+        self.transport.send(conn, env, bubble, callback)
+
+    def acked(self, uid: str, sid: str, msg_id: str, *_: Any) -> None:
+        """A socket acknowledged a message: it is delivered, for every socket of the user."""
+        with self.registry.user_lock(uid):
+            user = self.registry.user(uid)
+            pending = user.pending.pop(msg_id, None) if user else None
+            if pending is None:
+                return  # already acknowledged by another tab, or replayed and known
+            self.metrics.delivered.inc()
+            self._settle(uid, [pending.stored])
+            if user.draining:
+                user.drain_wakeup.set()
+            self.registry.forget_if_idle(user)
+
+    def _settle(self, uid: str, stored: list[str]) -> None:
+        try:
+            self.store.settle(uid, stored)
+        except redis.RedisError as exc:
+            # Delivered already; the stale entry can only cause a duplicate, never a loss.
+            log.warning("%s: could not clear delivered messages from in-flight: %s", uid, exc)
+
+    ### Identify and drain ###
+
+    def admit(self, conn: Conn, uid: str, ack: bool) -> None:
+        """Attach an identified socket to `uid`, then deliver the user's queue in order.
+
+        Runs after the identify reply went out, so the reply comes before any message.
+        """
+        with self.registry.user_lock(uid):
+            if self.registry.get(conn.sid) is not conn or conn.uid is not None or conn.requested != uid:
+                return  # gone, or identified again, while we waited for the lock
+            user, evicted = self.registry.join(conn, uid, ack)
+            # Replay before evicting, so that what the evicted socket held has a new holder.
+            self._replay(user, conn)
+            for old in evicted:
+                log.info("%s: more than %d sockets open, closing the oldest (%s)",
+                         uid, self.registry.user_conn_limit, old.address)
+                self.leave(old)
+                self.transport.disconnect(old)
+            if user.draining:
+                return  # the running drain sends its next batches to this socket too
+            user.draining = True
+        self._drain(user)
+
+    def _replay(self, user: User, conn: Conn) -> None:
+        """Bring a socket that joins an online user up to date, in order.
+
+        Unacknowledged messages the other tabs hold come first (all older than the drain,
+        since live messages are queued while one runs), then what the running drain sent.
+        """
+        drained = {e["id"] for e in user.drain_log}
+        older = [p.envelope for p in user.pending.values() if p.envelope["id"] not in drained]
+        for env in older + user.drain_log:
+            pending = user.pending.get(env["id"])
+            if pending is not None:
+                if conn.ack:
+                    pending.waiting.add(conn.sid)
+                else:
+                    del user.pending[env["id"]]
+                    self.metrics.delivered.inc()
+                    self._settle(user.uid, [pending.stored])
+            self._write(user, conn, env, conn is user.conns[0])
+
+    def _drain(self, user: User) -> None:
+        uid = user.uid
+        lock = self.registry.user_lock(uid)
+        announced = False
+        while True:
+            with lock:
+                if not user.conns:
+                    self._end_drain(user)
+                    return
+                try:
+                    batch = self.store.claim(uid, self.drain_batch)
+                except redis.RedisError as exc:
+                    log.warning("%s: cannot read the queue yet (%s); retrying", uid, exc)
+                    batch = None
+                if batch == []:
+                    self._end_drain(user)
+                    return
+                if batch:
+                    if not announced:
+                        announced = True
+                        log.info("%s has %d messages enqueued, purging!",
+                                 names.user_channel(uid), self._queued_count(uid, len(batch)))
+                    waiting = self._send_drained(user, batch)
+                    user.drain_wakeup.clear()
+            if batch is None:
+                time.sleep(1)
+                continue
+            self._await_acks(user, waiting)
+
+    def _send_drained(self, user: User, batch: list[bytes]) -> set[str]:
+        waiting = set()
+        for raw in batch:
+            stored = raw.decode("utf-8")
+            env = envelope.loads(stored)
+            self.metrics.drained.inc()
+            if log.isEnabledFor(logging.INFO):
+                log.info("%s: Purging message '%s' from %s", user.uid, envelope.preview(env), env["source"])
+            user.drain_log.append(env)
+            self._send(user, env, stored, tracked=True)
+            if env["id"] in user.pending:
+                waiting.add(env["id"])
+        return waiting
+
+    def _queued_count(self, uid: str, first_batch: int) -> int:
+        try:
+            return first_batch + self.store.queue_length(uid)
+        except redis.RedisError:
+            return first_batch
+
+    def _await_acks(self, user: User, ids: set[str]) -> None:
+        """Hold the next batch until this one is acknowledged (or its sockets are gone)."""
+        deadline = time.monotonic() + self.ack_timeout
+        lock = self.registry.user_lock(user.uid)
+        while True:
+            with lock:
+                if not user.conns or not ids.intersection(user.pending):
+                    return
+                late = [p for i, p in user.pending.items() if i in ids]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._drop_unresponsive(user, late)
+                    return
+            user.drain_wakeup.wait(min(left, 1.0))
+            user.drain_wakeup.clear()
+
+    def _end_drain(self, user: User) -> None:
+        user.draining = False
+        user.drain_log = []
+        self.registry.forget_if_idle(user)
+
+    ### Leaving ###
+
+    def leave(self, conn: Conn) -> None:
+        """Detach a socket; give back what only it was holding (SPEC §5 rule 5)."""
+        uid = conn.uid
+        if uid is None:
+            return
+        with self.registry.user_lock(uid):
+            user = self.registry.leave(conn)
+            if user is None:
+                return
+            orphans: list[Pending] = []
+            for pending in user.pending.values():
+                pending.waiting.discard(conn.sid)
+                if not pending.waiting:
+                    orphans.append(pending)
+            for pending in orphans:
+                del user.pending[pending.envelope["id"]]
+            if orphans:
+                self.recommit(uid, orphans)
+            if user.draining:
+                user.drain_wakeup.set()
+            self.registry.forget_if_idle(user)
+            if orphans and user.conns and not user.draining:
+                # The user is still here on a socket that was not sent these: drain them to
+                # it, from a task of its own since callers may hold locks.
+                user.draining = True
+                self.spawn(self._drain, user)
+
+    def recommit(self, uid: str, orphans: list[Pending]) -> None:
+        for pending in orphans:
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "%s: Client is no longer online, recommitting '%s' to %s queue.",
+                    uid, envelope.preview(pending.envelope), names.user_channel(uid),
+                )
+        retrying(
+            f"recommitting for {uid}",
+            lambda: self.store.recommit(uid, [p.stored for p in orphans]),
+        )
+        self.metrics.recommitted.inc(len(orphans))
+
+    def _drop_unresponsive(self, user: User, late: list[Pending]) -> None:
+        """Disconnect sockets that held a message past `ack_timeout` (lock held)."""
+        sids = set().union(*(p.waiting for p in late)) if late else set()
+        for conn in [c for c in user.conns if c.sid in sids]:
+            log.warning("%s: socket %s did not acknowledge within %ss; closing it",
+                        user.uid, conn.address, self.ack_timeout)
+            self.leave(conn)
+            self.transport.disconnect(conn)
+
+    def expire_unacknowledged(self) -> None:
+        """Close sockets holding a message unacknowledged past `ack_timeout`."""
+        cutoff = time.monotonic() - self.ack_timeout
+        for user in list(self.registry.users.values()):
+            with self.registry.user_lock(user.uid):
+                late = [p for p in user.pending.values() if p.sent_at < cutoff]
+                if late and not user.draining:
+                    self._drop_unresponsive(user, late)

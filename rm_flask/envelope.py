@@ -1,0 +1,62 @@
+"""The message envelope of SPEC §3, and its encoding for the queue."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import time
+from typing import Any
+
+Envelope = dict[str, Any]
+
+# A prefix random per process and a counter make ids unique across processes and
+# restarts without a Redis round trip per message.
+_PREFIX = os.urandom(6).hex()
+_counter = itertools.count(1)
+
+
+def new_id() -> str:
+    return f"{_PREFIX}-{next(_counter):x}"
+
+
+def make(source: str, data: bytes | str, timestamp_ms: int | None = None) -> Envelope:
+    """Wrap published data; data that is not UTF-8 is carried as base64, never dropped."""
+    envelope: Envelope = {
+        "id": new_id(),
+        "source": source,
+        "timestamp": int(time.time() * 1000) if timestamp_ms is None else timestamp_ms,
+    }
+    if isinstance(data, bytes):
+        try:
+            envelope["payload"] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            envelope["payload"] = base64.b64encode(data).decode("ascii")
+            envelope["encoding"] = "base64"
+    else:
+        envelope["payload"] = data
+    return envelope
+
+
+def dumps(envelope: Envelope) -> str:
+    """Encode for the queue; `bubble` is left out, as it depends on the receiving socket."""
+    stored = {k: v for k, v in envelope.items() if k != "bubble"}
+    return json.dumps(stored, ensure_ascii=False, separators=(",", ":"))
+
+
+def loads(raw: bytes | str) -> Envelope:
+    return json.loads(raw)
+
+
+def with_bubble(envelope: Envelope, bubble: bool) -> Envelope:
+    return {**envelope, "bubble": bubble}
+
+
+def preview(envelope: Envelope, limit: int = 80) -> str:
+    """The payload as logs show it: cut to `limit` characters, one line."""
+    text = envelope.get("payload", "")
+    if envelope.get("encoding") == "base64":
+        text = "<binary, base64>"
+    text = text.replace("\n", "\\n").replace("\r", "\\r")
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,168 @@
+"""The Socket.IO side (SPEC §4): connect, identify, disconnect, and sending to sockets."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import redis
+from flask import request
+from flask_socketio import SocketIO
+
+from . import names
+from .envelope import Envelope
+from .registry import Conn, ConnLimitError
+
+if TYPE_CHECKING:
+    from .service import Service
+
+log = logging.getLogger("rm_flask")
+
+# An identifier longer than this is refused before it is looked at any further.
+MAX_IDENTIFIER = 2048
+MAX_KEY = 1024
+
+
+class IdentifyError(Exception):
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def parse_identifier(data: Any) -> tuple[str, str | None, bool]:
+    """Read `"uid"`, `"uid:key"` or `{"uid", "key", "ack"}` into (uid, key, ack)."""
+    if isinstance(data, str):
+        if len(data) > MAX_IDENTIFIER:
+            raise IdentifyError("invalid_identifier")
+        uid, sep, key = data.partition(":")
+        key_or_none: str | None = key if sep else None
+        ack = False
+    elif isinstance(data, dict):
+        uid, key_or_none, ack = data.get("uid"), data.get("key"), data.get("ack", False)
+        if not isinstance(ack, bool) or not (key_or_none is None or isinstance(key_or_none, str)):
+            raise IdentifyError("invalid_identifier")
+    else:
+        raise IdentifyError("invalid_identifier")
+    if not names.valid_id(uid) or (key_or_none is not None and len(key_or_none) > MAX_KEY):
+        raise IdentifyError("invalid_identifier")
+    return uid, key_or_none, ack
+
+
+def describe(data: Any) -> str:
+    """A short, key-free account of a refused identifier for the log."""
+    if isinstance(data, str):
+        return repr(data.partition(":")[0][:40])
+    if isinstance(data, dict):
+        return repr(str(data.get("uid"))[:40])
+    return type(data).__name__
+
+
+class SocketTransport:
+    """Sends envelopes and closes sockets through python-socketio's server."""
+
+    def __init__(self, socketio: SocketIO, namespace: str) -> None:
+        self.socketio = socketio
+        self.namespace = namespace
+
+    def send(
+        self, conn: Conn, env: Envelope, bubble: bool, callback: Callable[..., None] | None
+    ) -> None:
+        try:
+            self.socketio.server.emit(
+                "message", {**env, "bubble": bubble}, to=conn.sid,
+                namespace=self.namespace, callback=callback,
+            )
+        except Exception:
+            # The socket went away under us; its disconnect handler recommits.
+            log.debug("emit to %s failed", conn.sid, exc_info=True)
+
+    def disconnect(self, conn: Conn) -> None:
+        self.socketio.start_background_task(self._disconnect, conn.sid)
+
+    def refuse(self, sid: str, code: str) -> None:
+        """Tell a socket why it is refused, then close its whole connection."""
+        server = self.socketio.server
+        server.emit("rm_error", {"error": code}, to=sid, namespace=self.namespace)
+        # From a task of its own, so that a callback reply queued now goes out first.
+        self.socketio.start_background_task(self._disconnect, sid, True)
+
+    def _disconnect(self, sid: str, whole: bool = False) -> None:
+        server = self.socketio.server
+        try:
+            eio_sid = server.manager.eio_sid_from_sid(sid, self.namespace)
+            server.disconnect(sid, namespace=self.namespace)
+            if whole and eio_sid is not None:
+                server.eio.disconnect(eio_sid)
+        except Exception:
+            log.debug("disconnect of %s failed", sid, exc_info=True)
+
+
+def init_app(socketio: SocketIO, service: Service) -> None:
+    """Register the namespace's handlers."""
+    config = service.config
+    namespace = config.rm_route
+    registry = service.registry
+    dispatcher = service.dispatcher
+    transport = service.transport
+    metrics = service.metrics
+
+    @socketio.on("connect", namespace=namespace)
+    def connect(auth: Any = None) -> bool | None:
+        environ = request.environ
+        address = f"{environ.get('REMOTE_ADDR', '?')}:{environ.get('REMOTE_PORT', '?')}"
+        try:
+            registry.connect(request.sid, address)
+        except ConnLimitError:
+            log.warning("Refusing connection %s: conn_limit (%d) reached", address, config.conn_limit)
+            metrics.identify_failed.labels("conn_limit").inc()
+            transport.refuse(request.sid, "conn_limit")
+            return None
+        metrics.sockets.inc()
+        log.info("New connection %s on *:%d! Waiting for ID...", address, config.ws_port)
+        return None
+
+    @socketio.on("identifier", namespace=namespace)
+    def identifier(data: Any = None) -> dict[str, Any]:
+        conn = registry.get(request.sid)
+        if conn is None:
+            return {"ok": False, "error": "conn_limit"}
+        try:
+            uid, key, ack = parse_identifier(data)
+            if config.secure_mode:
+                check_key(service.redis, uid, key)
+        except IdentifyError as exc:
+            log.warning("Refusing identifier %s from %s: %s", describe(data), conn.address, exc.code)
+            metrics.identify_failed.labels(exc.code).inc()
+            transport.refuse(conn.sid, exc.code)
+            return {"ok": False, "error": exc.code}
+        if conn.requested == uid:
+            return {"ok": True, "uid": uid}  # the same identify again: nothing changes
+        if conn.uid is not None:
+            dispatcher.leave(conn)
+        conn.requested = uid
+        metrics.identified.inc()
+        log.info("Assigning id %s to socket %s.", uid, conn.address)
+        log.info("You're subscribed to %s!", names.user_channel(uid))
+        socketio.start_background_task(dispatcher.admit, conn, uid, ack)
+        return {"ok": True, "uid": uid}
+
+    @socketio.on("disconnect", namespace=namespace)
+    def disconnect(reason: Any = None) -> None:
+        conn = registry.remove(request.sid)
+        if conn is None:
+            return
+        metrics.sockets.dec()
+        if conn.uid is not None:
+            dispatcher.leave(conn)
+
+
+def check_key(client: redis.Redis, uid: str, key: str | None) -> None:
+    """Secure mode: the key must equal `rm:users:$uid:key`, compared in constant time."""
+    try:
+        stored = client.get(names.user_key_key(uid))
+    except redis.RedisError:
+        raise IdentifyError("unavailable") from None
+    if stored is None or not key or not hmac.compare_digest(key.encode("utf-8"), stored):
+        raise IdentifyError("unauthorized")

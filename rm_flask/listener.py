@@ -1,0 +1,107 @@
+"""The greenlet that blocks on Redis pub/sub and hands each message to the dispatcher."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from . import names
+
+log = logging.getLogger("rm_flask")
+
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+
+
+class Listener:
+    """PSUBSCRIBE `rm.*`, deliver, and come back by itself after Redis goes away.
+
+    Liveness is proven end to end: `ping()` PUBLISHes to a channel only this server
+    listens on, and `last_pong` records when it came back through the subscription. A
+    subscription that stops delivering is closed, which sends `run` round its reconnect
+    loop.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        server_id: str,
+        on_message: Callable[[str, bytes], None],
+        on_reconnect: Callable[[], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.control = names.control_channel(server_id)
+        self.on_message = on_message
+        self.on_reconnect = on_reconnect
+        self.subscribed = False
+        self.last_pong = 0.0
+        self.stopped = threading.Event()
+        self._pubsub: redis.client.PubSub | None = None
+        self._connections = 0
+
+    def run(self) -> None:
+        backoff = BACKOFF_FIRST
+        down_since: float | None = None
+        while not self.stopped.is_set():
+            pubsub = self.client.pubsub()
+            self._pubsub = pubsub
+            try:
+                pubsub.psubscribe(names.PATTERN)
+                pubsub.subscribe(self.control)
+                for message in pubsub.listen():
+                    kind = message["type"]
+                    if kind == "pmessage":
+                        self.on_message(message["channel"].decode("utf-8", "replace"), message["data"])
+                    elif kind == "message":
+                        self.last_pong = time.monotonic()
+                    elif kind == "subscribe":
+                        self._on_subscribed(down_since)
+                        down_since, backoff = None, BACKOFF_FIRST
+                    if self.stopped.is_set():
+                        break
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if self.subscribed or down_since is None:
+                    log.error("Lost the Redis subscription (%s); reconnecting", exc)
+                    down_since = time.monotonic()
+                self.subscribed = False
+            except Exception:
+                log.exception("Redis listener failed; reconnecting")
+                self.subscribed = False
+                down_since = down_since or time.monotonic()
+            finally:
+                try:
+                    pubsub.close()
+                except Exception:  # the connection is already gone
+                    pass
+            if not self.stopped.is_set():
+                self.stopped.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _on_subscribed(self, down_since: float | None) -> None:
+        self.subscribed = True
+        self.last_pong = time.monotonic()
+        self._connections += 1
+        if down_since is not None:
+            log.warning("Redis subscription restored after %.1fs", time.monotonic() - down_since)
+        if self._connections > 1 and self.on_reconnect:
+            self.on_reconnect()
+
+    def ping(self) -> None:
+        """Send a round trip through the subscription; `last_pong` moves when it lands."""
+        self.client.publish(self.control, b"ping")
+
+    def kick(self) -> None:
+        """Drop a subscription that stopped delivering, so that `run` makes a new one."""
+        pubsub = self._pubsub
+        if pubsub is not None and pubsub.connection is not None:
+            log.error("Redis subscription delivered nothing for too long; reconnecting")
+            self.subscribed = False
+            pubsub.connection.disconnect()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.kick()

@@ -1,0 +1,42 @@
+"""Prometheus metrics, one registry per app so that several apps can live in one process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.received = Counter("rm_messages_received", "PUBLISHes received from Redis", registry=r)
+        self.delivered = Counter(
+            "rm_messages_delivered",
+            "Messages delivered to a user (written to a plain socket, or acknowledged)",
+            registry=r,
+        )
+        self.queued = Counter("rm_messages_queued", "Messages appended to an offline queue", registry=r)
+        self.drained = Counter("rm_messages_drained", "Queued messages taken for delivery", registry=r)
+        self.recommitted = Counter(
+            "rm_messages_recommitted", "Undelivered messages given back to a queue", registry=r
+        )
+        self.trimmed = Counter(
+            "rm_messages_trimmed", "Oldest queued messages dropped by max_queue_length", registry=r
+        )
+        self.invalid = Counter(
+            "rm_messages_invalid", "PUBLISHes ignored: unknown channel or invalid id", registry=r
+        )
+        self.identified = Counter("rm_identify_success", "Sockets identified", registry=r)
+        self.identify_failed = Counter(
+            "rm_identify_failures", "Identify attempts refused, by reason", ["reason"], registry=r
+        )
+        self.sockets = Gauge("rm_sockets_open", "Open Socket.IO connections in our namespace", registry=r)
+        self.redis_reconnects = Counter(
+            "rm_redis_reconnects", "Times the Redis subscription was re-established", registry=r
+        )
+        self.latency = Histogram(
+            "rm_delivery_latency_seconds",
+            "From receipt of a PUBLISH to its emit on a socket",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )

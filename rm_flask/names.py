@@ -1,0 +1,84 @@
+"""Every Redis key and channel name the server uses, built in this one module (SPEC §2)."""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "rm"
+
+# Channels apps publish to; the server PSUBSCRIBEs to all of them at once.
+PATTERN = f"{PREFIX}.*"
+USER_CHANNEL = f"{PREFIX}.users."
+GROUP_CHANNELS = (f"{PREFIX}.channels.", f"{PREFIX}.groups.")
+
+# 1-256 characters, no ':', no whitespace, no control characters (C0, DEL, C1).
+_UID = re.compile(r"[^:\s\x00-\x1f\x7f-\x9f]{1,256}")
+MAX_ID_LENGTH = 256
+
+
+def valid_id(value: object) -> bool:
+    """Tell whether `value` may name a user or a group."""
+    return isinstance(value, str) and _UID.fullmatch(value) is not None
+
+
+def user_channel(uid: str) -> str:
+    return f"{USER_CHANNEL}{uid}"
+
+
+def queue_key(uid: str) -> str:
+    """The list of envelopes waiting for `uid`, oldest first."""
+    return f"{PREFIX}:users:{uid}:messages"
+
+
+def user_key_key(uid: str) -> str:
+    """The string holding `uid`'s authentication token (secure mode)."""
+    return f"{PREFIX}:users:{uid}:key"
+
+
+def group_members_key(cid: str) -> str:
+    return f"{PREFIX}:channels:{cid}:subscribers"
+
+
+def server_key(server_id: str) -> str:
+    """A server's heartbeat; it expires when the server stops refreshing it."""
+    return f"{PREFIX}:servers:{server_id}"
+
+
+SERVERS_KEY = f"{PREFIX}:servers"
+
+
+def inflight_key(server_id: str, uid: str) -> str:
+    """Messages a server has taken for `uid` but not yet seen delivered (a sorted set)."""
+    return f"{PREFIX}:inflight:{server_id}:{uid}"
+
+
+def inflight_users_key(server_id: str) -> str:
+    """The uids that have an in-flight set on `server_id`, so a survivor can find them."""
+    return f"{PREFIX}:inflight:{server_id}"
+
+
+def parse_channel(channel: str) -> tuple[str, str] | None:
+    """Split a channel into ("user" | "group", id); None if it is not one of ours."""
+    if channel.startswith(USER_CHANNEL):
+        kind, ident = "user", channel[len(USER_CHANNEL):]
+    else:
+        for prefix in GROUP_CHANNELS:
+            if channel.startswith(prefix):
+                kind, ident = "group", channel[len(prefix):]
+                break
+        else:
+            return None
+    return (kind, ident) if valid_id(ident) else None
+
+
+def control_channel(server_id: str) -> str:
+    """A channel only `server_id` listens on: its own PUBLISHes prove the subscription live.
+
+    It is outside the `rm.*` pattern so that apps' channels and ours never mix.
+    """
+    return f"{PREFIX}:servers:{server_id}:ping"
+
+
+def client_name(server_id: str) -> str:
+    """The name our Redis connections carry, so other servers can see we are alive."""
+    return f"rm-server-{server_id}"

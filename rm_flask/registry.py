@@ -1,0 +1,131 @@
+"""Who is connected: sockets, the users they identified as, and what each user awaits.
+
+The registry is shared by the Redis listener and every socket's handlers, so all of its
+state changes under locks. A user's lock (one of a fixed set of stripes, so that a user
+who is offline still has one) orders everything that concerns that user: queueing a
+message for them, draining their queue, acknowledging and recommitting.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+_STRIPES = 1024
+
+
+@dataclass(eq=False)
+class Conn:
+    """One Socket.IO connection in our namespace."""
+
+    sid: str
+    address: str
+    connected_at: float = field(default_factory=time.monotonic)
+    uid: str | None = None  # set once the socket is attached to its user
+    requested: str | None = None  # the uid it identified as, from the identify reply on
+    ack: bool = False
+
+
+@dataclass(eq=False)
+class Pending:
+    """A message sent to ack-mode sockets and not yet acknowledged by any of them."""
+
+    envelope: dict[str, Any]
+    stored: str
+    waiting: set[str]
+    sent_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(eq=False)
+class User:
+    uid: str
+    conns: list[Conn] = field(default_factory=list)  # oldest first: conns[0] bubbles
+    # Unacknowledged messages by id, in the order they were sent.
+    pending: OrderedDict[str, Pending] = field(default_factory=OrderedDict)
+    # While a drain runs, live messages for the user are queued behind it, and sockets that
+    # identify meanwhile are first sent what the drain already sent.
+    draining: bool = False
+    drain_log: list[dict[str, Any]] = field(default_factory=list)
+    drain_wakeup: threading.Event = field(default_factory=threading.Event)
+
+
+class ConnLimitError(Exception):
+    """The server holds `conn_limit` connections already."""
+
+
+class Registry:
+    """Thread-safe map of sockets and users."""
+
+    def __init__(self, conn_limit: int, user_conn_limit: int) -> None:
+        self.conn_limit = conn_limit
+        self.user_conn_limit = user_conn_limit
+        self._lock = threading.RLock()
+        self._stripes = [threading.RLock() for _ in range(_STRIPES)]
+        self.conns: dict[str, Conn] = {}
+        self.users: dict[str, User] = {}
+
+    def user_lock(self, uid: str) -> threading.RLock:
+        """The lock that orders all work for `uid`, online or not."""
+        return self._stripes[zlib.crc32(uid.encode("utf-8", "surrogatepass")) % _STRIPES]
+
+    ### Connections ###
+
+    def connect(self, sid: str, address: str) -> Conn:
+        with self._lock:
+            if len(self.conns) >= self.conn_limit:
+                raise ConnLimitError
+            conn = self.conns[sid] = Conn(sid, address)
+            return conn
+
+    def get(self, sid: str) -> Conn | None:
+        return self.conns.get(sid)
+
+    def remove(self, sid: str) -> Conn | None:
+        with self._lock:
+            return self.conns.pop(sid, None)
+
+    def count(self) -> int:
+        return len(self.conns)
+
+    def unidentified_before(self, deadline: float) -> list[Conn]:
+        with self._lock:
+            return [c for c in self.conns.values() if c.requested is None and c.connected_at < deadline]
+
+    ### Users (call with the user's lock held) ###
+
+    def user(self, uid: str) -> User | None:
+        return self.users.get(uid)
+
+    def join(self, conn: Conn, uid: str, ack: bool) -> tuple[User, list[Conn]]:
+        """Attach `conn` to `uid`; return the user and the oldest sockets it pushes out."""
+        with self._lock:
+            user = self.users.get(uid)
+            if user is None:
+                user = self.users[uid] = User(uid)
+            conn.uid, conn.ack = uid, ack
+            user.conns.append(conn)
+            evicted = user.conns[: max(0, len(user.conns) - self.user_conn_limit)]
+            return user, evicted
+
+    def leave(self, conn: Conn) -> User | None:
+        """Detach `conn` from its user; forget the user once nothing of theirs is left."""
+        with self._lock:
+            user = self.users.get(conn.uid) if conn.uid else None
+            if user is None:
+                return None
+            if conn in user.conns:
+                user.conns.remove(conn)
+            conn.uid = None
+            if not user.conns and not user.pending and not user.draining:
+                del self.users[user.uid]
+            return user
+
+    def forget_if_idle(self, user: User) -> None:
+        with self._lock:
+            if not user.conns and not user.pending and not user.draining:
+                if self.users.get(user.uid) is user:
+                    del self.users[user.uid]

@@ -1,0 +1,204 @@
+"""The running server: Redis clients, registry, dispatcher and listener, wired together."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import redis
+from flask_socketio import SocketIO
+
+from . import names
+from .config import Config
+from .dispatcher import Dispatcher
+from .events import SocketTransport
+from .listener import Listener
+from .metrics import Metrics
+from .registry import Registry
+from .store import Store
+
+log = logging.getLogger("rm_flask")
+
+HEARTBEAT_EVERY = 2.0  # seconds between heartbeats and subscription round trips
+HEARTBEAT_TTL = 15  # a server silent this long is dead even if its connection lingers
+STUCK_AFTER = 6.0  # a subscription whose round trip is older than this is replaced
+
+
+class RedisUnreachable(RuntimeError):
+    """Redis did not answer at start-up."""
+
+
+class Service:
+    """Everything one RedMessenger process runs."""
+
+    def __init__(self, config: Config, socketio: SocketIO) -> None:
+        self.config = config
+        self.socketio = socketio
+        self.server_id = os.urandom(6).hex()
+        self.redis = redis.Redis.from_url(
+            **config.redis_kwargs(),
+            client_name=names.client_name(self.server_id),
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            socket_keepalive=True,
+            health_check_interval=15,
+        )
+        # The subscription waits for messages indefinitely, so it gets no read timeout;
+        # the round trips through the control channel notice when it stops delivering.
+        self.pubsub_redis = redis.Redis.from_url(
+            **config.redis_kwargs(),
+            client_name=names.client_name(self.server_id),
+            socket_connect_timeout=2,
+            socket_keepalive=True,
+        )
+        self.metrics = Metrics()
+        self.registry = Registry(config.conn_limit, config.user_conn_limit)
+        self.store = Store(self.redis, self.server_id, config.queue_expiry, config.max_queue_length)
+        self.transport = SocketTransport(socketio, config.rm_route)
+        self.dispatcher = Dispatcher(
+            self.store, self.registry, self.transport, self.metrics,
+            spawn=socketio.start_background_task,
+            drain_batch=config.drain_batch, ack_timeout=config.ack_timeout,
+        )
+        self.listener = Listener(
+            self.pubsub_redis, self.server_id, self.dispatcher.route,
+            on_reconnect=self.metrics.redis_reconnects.inc,
+        )
+        self._started = False
+        self._start_lock = threading.Lock()
+        self._stopped = threading.Event()
+
+    def check_redis(self) -> None:
+        """Fail fast, with one clear line, when Redis is not there at start-up."""
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            where = self.config.redis_url or f"{self.config.redis_host}:{self.config.redis_port}"
+            raise RedisUnreachable(
+                f"Cannot reach Redis at {where} ({exc}). Start Redis, point redis_host/"
+                "redis_port or redis_url at it, or run `python -m rm_flask --embedded-redis`."
+            ) from None
+
+    def start(self) -> None:
+        """Register this server, reclaim what dead servers held, and start listening."""
+        with self._start_lock:
+            if self._started:
+                return
+            self._started = True
+        self.check_redis()
+        self._heartbeat()
+        self.reap_dead_servers()
+        self.socketio.start_background_task(self.listener.run)
+        self.socketio.start_background_task(self._housekeeping)
+        log.info("RedMessenger %s listening to %s on Redis", self.server_id, names.PATTERN)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.listener.stop()
+
+    ### Liveness ###
+
+    def _heartbeat(self) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.sadd(names.SERVERS_KEY, self.server_id)
+        pipe.set(names.server_key(self.server_id), f"{socket.gethostname()} {os.getpid()}", ex=HEARTBEAT_TTL)
+        pipe.execute()
+
+    def reap_dead_servers(self) -> None:
+        """Give the in-flight messages of servers that died back to their users' queues.
+
+        A server is dead when its heartbeat expired, or when Redis holds no connection of
+        its (a process that is killed loses its connections at once, so a restart right
+        after `kill -9` does not wait for the heartbeat to run out).
+        """
+        try:
+            others = {m.decode() for m in self.redis.smembers(names.SERVERS_KEY)} - {self.server_id}
+            if not others:
+                return
+            try:
+                connected = {c.get("name", "") for c in self.redis.client_list()}
+            except redis.ResponseError:  # CLIENT LIST may be disabled on managed Redis
+                connected = None
+            for other in sorted(others):
+                alive = self.redis.exists(names.server_key(other))
+                if alive and (connected is None or names.client_name(other) in connected):
+                    continue
+                given = self.store.recommit_all(other)
+                self.redis.srem(names.SERVERS_KEY, other)
+                if given:
+                    log.warning(
+                        "Server %s is gone; gave %d in-flight messages back to %d queues",
+                        other, sum(given.values()), len(given),
+                    )
+                    self.metrics.recommitted.inc(sum(given.values()))
+                    for uid in given:
+                        self._wake(uid)
+        except redis.RedisError as exc:
+            log.warning("Could not check for dead servers: %s", exc)
+
+    def _wake(self, uid: str) -> None:
+        """Drain a user who is online here and just had messages given back."""
+        with self.registry.user_lock(uid):
+            user = self.registry.user(uid)
+            if user is None or not user.conns or user.draining:
+                return
+            user.draining = True
+        self.socketio.start_background_task(self.dispatcher._drain, user)
+
+    def _housekeeping(self) -> None:
+        last_reap = time.monotonic()
+        while not self._stopped.wait(1.0):
+            try:
+                self._expire_unidentified()
+                self.dispatcher.expire_unacknowledged()
+                self._heartbeat()
+                self.listener.ping()
+                if (
+                    self.listener.subscribed
+                    and time.monotonic() - self.listener.last_pong > STUCK_AFTER
+                ):
+                    self.listener.kick()
+                if time.monotonic() - last_reap > 5:
+                    last_reap = time.monotonic()
+                    self.reap_dead_servers()
+            except redis.RedisError as exc:
+                log.debug("housekeeping: Redis unavailable: %s", exc)
+            except Exception:
+                log.exception("housekeeping failed")
+
+    def _expire_unidentified(self) -> None:
+        deadline = time.monotonic() - self.config.identify_timeout
+        for conn in self.registry.unidentified_before(deadline):
+            log.info("Socket %s did not identify within %ss; closing it",
+                     conn.address, self.config.identify_timeout)
+            self.metrics.identify_failed.labels("identify_timeout").inc()
+            self.transport.refuse(conn.sid, "identify_timeout")
+            conn.requested = ""  # refused once, not every second until it is gone
+
+    ### Health ###
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Is Redis answering, and is the subscription proven live by a round trip?"""
+        status: dict[str, Any] = {"server": self.server_id, "connections": self.registry.count()}
+        try:
+            self.redis.ping()
+            status["redis"] = "ok"
+        except redis.RedisError as exc:
+            status["redis"] = f"unreachable: {exc}"
+        age = time.monotonic() - self.listener.last_pong if self.listener.last_pong else None
+        status["subscribed"] = self.listener.subscribed
+        status["last_round_trip_s"] = None if age is None else round(age, 3)
+        fresh = age is not None and age < STUCK_AFTER + 2
+        ok = status["redis"] == "ok" and self.listener.subscribed and fresh
+        if not ok:
+            status["reason"] = (
+                "redis unreachable" if status["redis"] != "ok"
+                else "not subscribed" if not self.listener.subscribed
+                else "subscription not delivering"
+            )
+        status["ok"] = ok
+        return ok, status

@@ -1,0 +1,182 @@
+"""The offline queues and in-flight sets in Redis (SPEC §5, rules 2, 4 and 5).
+
+A message is in exactly one of two places from the moment it is queued until it is
+delivered: the user's queue `rm:users:$uid:messages`, or the in-flight set of the server
+that took it for delivery (`rm:inflight:$server:$uid`, ordered by score). Every move
+between the two is one Lua script, so a `kill -9` at any instant leaves each message in
+one place or the other, never in neither and never in both. In-flight sets of a server
+that died go back to the head of their queues (`recommit_dead`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+
+import redis
+
+from . import names
+
+# Append, refresh the TTL and cut the oldest past the cap as one step: done apart, two
+# servers appending at once could each cut the other's message, and a crash between the
+# RPUSH and the EXPIRE would leave a queue that never expires.
+_APPEND = """
+local n = redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+local cap = tonumber(ARGV[3])
+if n > cap then
+  return redis.call('LPOP', KEYS[1], n - cap)
+end
+return {}
+"""
+
+# Move the first ARGV[1] messages of a queue into the server's in-flight set. Atomic so
+# that no message is ever outside Redis, or in both places, whatever dies when.
+_CLAIM = """
+local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #items == 0 then return items end
+redis.call('LTRIM', KEYS[1], #items, -1)
+local score = tonumber(ARGV[2])
+for i, item in ipairs(items) do
+  redis.call('ZADD', KEYS[2], score + i - 1, item)
+end
+redis.call('SADD', KEYS[3], ARGV[3])
+return items
+"""
+
+# Put in-flight messages back at the head of the queue in their original order, ahead of
+# anything queued since. Atomic for the same reason as _CLAIM: removal and push together.
+# ARGV: the TTL, the uid, then the members to give back, oldest first (none: all of them).
+# A member given is pushed even when the set does not hold it: a live message whose
+# tracking write failed is still ours to give back.
+_RECOMMIT = """
+local items
+if #ARGV > 2 then
+  items = {}
+  for i = 3, #ARGV do
+    redis.call('ZREM', KEYS[2], ARGV[i])
+    items[#items + 1] = ARGV[i]
+  end
+else
+  items = redis.call('ZRANGE', KEYS[2], 0, -1)
+  redis.call('DEL', KEYS[2])
+end
+for i = #items, 1, -1 do
+  redis.call('LPUSH', KEYS[1], items[i])
+end
+if #items > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
+return items
+"""
+
+# Forget delivered messages; drop the uid from the server's index once its set is empty,
+# in the same step, so the index never misses a uid that still has messages in flight.
+_SETTLE = """
+for i = 2, #ARGV do redis.call('ZREM', KEYS[1], ARGV[i]) end
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
+return 0
+"""
+
+
+class Store:
+    """Queue and in-flight operations for one server process."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        server_id: str,
+        queue_expiry: int,
+        max_queue_length: int,
+    ) -> None:
+        self.redis = client
+        self.server_id = server_id
+        self.queue_expiry = queue_expiry
+        self.max_queue_length = max_queue_length
+        self._append = client.register_script(_APPEND)
+        self._claim = client.register_script(_CLAIM)
+        self._recommit = client.register_script(_RECOMMIT)
+        self._settle = client.register_script(_SETTLE)
+        # Scores order a server's in-flight messages; they only need to grow.
+        self._score = 0
+        self._score_lock = threading.Lock()
+
+    ### Queue ###
+
+    def append(self, uid: str, stored: str) -> list[bytes]:
+        """Queue one envelope for `uid`; return the envelopes cut by `max_queue_length`."""
+        return self._append(
+            keys=[names.queue_key(uid)],
+            args=[stored, self.queue_expiry, self.max_queue_length],
+        )
+
+    def queue_length(self, uid: str) -> int:
+        return self.redis.llen(names.queue_key(uid))
+
+    def claim(self, uid: str, count: int) -> list[bytes]:
+        """Move up to `count` of the oldest queued envelopes into our in-flight set."""
+        start = self._next_scores(count)
+        return self._claim(
+            keys=[
+                names.queue_key(uid),
+                names.inflight_key(self.server_id, uid),
+                names.inflight_users_key(self.server_id),
+            ],
+            args=[count, start, uid],
+        )
+
+    ### In flight ###
+
+    def track(self, uid: str, stored: str) -> None:
+        """Record a live message as in flight before it is sent to an ack-mode socket."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zadd(names.inflight_key(self.server_id, uid), {stored: self._next_scores(1)})
+        pipe.sadd(names.inflight_users_key(self.server_id), uid)
+        pipe.execute()
+
+    def settle(self, uid: str, stored: Iterable[str | bytes]) -> None:
+        """Forget in-flight messages that were delivered."""
+        members = list(stored)
+        if members:
+            self._settle(
+                keys=[
+                    names.inflight_key(self.server_id, uid),
+                    names.inflight_users_key(self.server_id),
+                ],
+                args=[uid, *members],
+            )
+
+    def recommit(self, uid: str, stored: Sequence[str | bytes]) -> list[bytes]:
+        """Give undelivered in-flight messages back to the head of the queue, in order."""
+        if not stored:
+            return []
+        return self._recommit_for(self.server_id, uid, stored)
+
+    def _recommit_for(
+        self, server_id: str, uid: str, stored: Sequence[str | bytes]
+    ) -> list[bytes]:
+        return self._recommit(
+            keys=[
+                names.queue_key(uid),
+                names.inflight_key(server_id, uid),
+                names.inflight_users_key(server_id),
+            ],
+            args=[self.queue_expiry, uid, *stored],
+        )
+
+    def recommit_all(self, server_id: str) -> dict[str, int]:
+        """Give everything `server_id` held in flight back to the queues; count per uid."""
+        index = names.inflight_users_key(server_id)
+        given: dict[str, int] = {}
+        for raw in self.redis.smembers(index):
+            uid = raw.decode("utf-8", "replace")
+            items = self._recommit_for(server_id, uid, [])
+            if items:
+                given[uid] = len(items)
+        self.redis.delete(index)
+        return given
+
+    def _next_scores(self, count: int) -> int:
+        with self._score_lock:
+            first = self._score + 1
+            self._score += count
+        return first
