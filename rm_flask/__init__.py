@@ -29,7 +29,7 @@ def create_app(
     from flask import Flask
     from flask_socketio import SocketIO
 
-    from . import events, logs, views
+    from . import demo, events, logs, views
     from .config import load_config
     from .service import Service
 
@@ -58,6 +58,7 @@ def create_app(
     app.config["RM"] = config
     events.init_app(socketio, service)
     app.register_blueprint(views.bp)
+    app.register_blueprint(demo.bp)
     if start:
         service.start()
     return app

@@ -1,0 +1,51 @@
+# The two commands of the README:
+#   make run    install, then serve the demo on http://127.0.0.1:8080 with an embedded Redis
+#   make test   install everything the tests need, then run the whole suite
+# Also: make bench (benchmark), make lint, make clean.
+
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+PIP     := $(VENV)/bin/pip
+
+.PHONY: run test lint bench deps dev-deps chromium clean
+
+run: deps
+	$(PY) -m rm_flask --embedded-redis
+
+test: dev-deps chromium
+	$(PY) -m pytest
+
+lint: dev-deps
+	$(VENV)/bin/ruff check .
+
+bench: dev-deps
+	$(PIP) install -q -r bench/requirements.txt
+	$(PY) -m bench.run
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Stamp files, so that a second `make run` starts at once.
+$(VENV)/.deps: requirements.txt package.json package-lock.json | $(VENV)/bin/python
+	$(PIP) install -q --disable-pip-version-check -r requirements.txt
+	npm ci --no-audit --no-fund --silent
+	touch $@
+
+$(VENV)/.dev-deps: requirements-dev.txt $(VENV)/.deps
+	$(PIP) install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+deps: $(VENV)/.deps
+dev-deps: $(VENV)/.dev-deps
+
+# The browser tests drive Debian's Chromium; without it they are skipped (and say so).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	    sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: no chromium and no root: the browser tests will be skipped"; fi; }
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache

@@ -1,0 +1,95 @@
+"""Socket.IO clients for the tests: python-socketio speaking to the real server."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import socketio
+
+from .processes import wait_until
+
+NAMESPACE = "/rm"
+
+
+class RMClient:
+    """One browser tab: connects, identifies, records every message and error it gets.
+
+    In ack mode it acknowledges each message unless `auto_ack` is off (then it holds them,
+    like a tab that stalls), and `ack_limit` makes it stop acknowledging after that many.
+    """
+
+    def __init__(self, url: str, namespace: str = NAMESPACE, auto_ack: bool = True,
+                 ack_limit: int | None = None) -> None:
+        self.url = url
+        self.namespace = namespace
+        self.auto_ack = auto_ack
+        self.ack_limit = ack_limit
+        self.acked = 0
+        self.messages: list[dict[str, Any]] = []
+        self.errors: list[dict[str, Any]] = []
+        self.disconnected = threading.Event()
+        self._lock = threading.Lock()
+        self.sio = socketio.Client(reconnection=False)
+        self.sio.on("message", self._on_message, namespace=namespace)
+        self.sio.on("rm_error", self._on_error, namespace=namespace)
+        self.sio.on("disconnect", lambda *a: self.disconnected.set(), namespace=namespace)
+
+    def _on_message(self, envelope: dict[str, Any]) -> Any:
+        with self._lock:
+            self.messages.append(envelope)
+            if self.ack_limit is not None and self.acked >= self.ack_limit:
+                return None  # no reply: python-socketio then sends no ack either
+            self.acked += 1
+        return True if self.auto_ack else None
+
+    def _on_error(self, data: dict[str, Any]) -> None:
+        self.errors.append(data)
+
+    def connect(self, timeout: float = 10) -> RMClient:
+        self.sio.connect(self.url, namespaces=[self.namespace], transports=["websocket"],
+                         wait_timeout=timeout)
+        return self
+
+    def identify(self, identifier: Any, timeout: float = 10) -> Any:
+        return self.sio.call("identifier", identifier, namespace=self.namespace, timeout=timeout)
+
+    def emit_identify(self, identifier: Any) -> None:
+        self.sio.emit("identifier", identifier, namespace=self.namespace)
+
+    def payloads(self) -> list[str]:
+        with self._lock:
+            return [m["payload"] for m in self.messages]
+
+    def wait_for(self, count: int, timeout: float = 20) -> list[dict[str, Any]]:
+        wait_until(lambda: len(self.messages) >= count, timeout,
+                   f"{count} messages (have {len(self.messages)})")
+        return list(self.messages)
+
+    def close(self) -> None:
+        try:
+            self.sio.disconnect()
+        except Exception:
+            pass
+
+    def drop(self) -> None:
+        """Vanish without a goodbye, like a tab whose network went away."""
+        eio = self.sio.eio
+        try:
+            if eio.ws is not None:
+                eio.ws.sock.shutdown(2)
+                eio.ws.sock.close()
+        except Exception:
+            pass
+        self.disconnected.wait(5)
+        self.close()
+
+
+def connected(url: str, identifier: Any = None, **kwargs: Any) -> RMClient:
+    """A client that is connected and, if `identifier` is given, identified."""
+    client = RMClient(url, **kwargs).connect()
+    if identifier is not None:
+        reply = client.identify(identifier)
+        assert reply and reply.get("ok"), reply
+    return client
+
