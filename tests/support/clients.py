@@ -6,10 +6,22 @@ import threading
 from typing import Any
 
 import socketio
+from socketio import packet
 
 from .processes import wait_until
 
 NAMESPACE = "/rm"
+
+
+class _Client(socketio.Client):
+    """python-socketio's client always acknowledges; this one can hold acks back."""
+
+    hold_ack: Any = None  # called with each outgoing ACK packet; True drops it
+
+    def _send_packet(self, pkt: Any) -> None:
+        if pkt.packet_type == packet.ACK and self.hold_ack is not None and self.hold_ack(pkt):
+            return
+        super()._send_packet(pkt)
 
 
 class RMClient:
@@ -30,18 +42,22 @@ class RMClient:
         self.errors: list[dict[str, Any]] = []
         self.disconnected = threading.Event()
         self._lock = threading.Lock()
-        self.sio = socketio.Client(reconnection=False)
+        self.sio = _Client(reconnection=False)
+        self.sio.hold_ack = self._hold_ack
         self.sio.on("message", self._on_message, namespace=namespace)
         self.sio.on("rm_error", self._on_error, namespace=namespace)
         self.sio.on("disconnect", lambda *a: self.disconnected.set(), namespace=namespace)
 
-    def _on_message(self, envelope: dict[str, Any]) -> Any:
+    def _on_message(self, envelope: dict[str, Any]) -> None:
         with self._lock:
             self.messages.append(envelope)
-            if self.ack_limit is not None and self.acked >= self.ack_limit:
-                return None  # no reply: python-socketio then sends no ack either
+
+    def _hold_ack(self, pkt: Any) -> bool:
+        with self._lock:
+            if not self.auto_ack or (self.ack_limit is not None and self.acked >= self.ack_limit):
+                return True
             self.acked += 1
-        return True if self.auto_ack else None
+            return False
 
     def _on_error(self, data: dict[str, Any]) -> None:
         self.errors.append(data)

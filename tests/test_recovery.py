@@ -1,0 +1,32 @@
+"""Recovery from a server killed with `kill -9` (SPEC §5 rule 5; issue "Core server").
+
+Modules that start their own servers (`make_server`) do not use the shared `server`
+fixture: two servers on one Redis would each queue every offline message.
+"""
+
+from __future__ import annotations
+
+from tests.support.processes import wait_until
+from tests.test_drain import account, publish_all, queued
+
+
+def test_kill_9_mid_drain_then_restart_loses_nothing(make_server, clients, r, uid):
+    server = make_server()
+    channel = f"rm.users.{uid}"
+    expected = [f"m{i:04d}" for i in range(1000)]
+    publish_all(r, channel, expected)
+    wait_until(lambda: r.llen(f"rm:users:{uid}:messages") == 1000, 10, "1000 queued")
+    stalling = clients(server.url, {"uid": uid, "ack": True}, ack_limit=10)
+    stalling.wait_for(11)
+    server.kill()
+    in_redis = r.llen(f"rm:users:{uid}:messages") + sum(
+        r.zcard(k) for k in r.scan_iter("rm:inflight:*:*") if k.count(b":") == 3
+    )
+    assert in_redis == 990, "unacknowledged messages stay in Redis (queue or in-flight)"
+    server.start()
+    tab = clients(server.url, {"uid": uid, "ack": True})
+    tab.wait_for(990)
+    counts = account(expected, stalling.payloads()[:10] + tab.payloads(), queued(r, uid))
+    print("kill -9 mid-drain:", counts)
+    assert counts["lost"] == 0 and counts["duplicated"] == 0
+    assert tab.payloads() == expected[10:]
