@@ -21,6 +21,7 @@ class PublishResult:
     last_ns: int = 0
     unheard: int = 0  # PUBLISH answered 0 receivers: nobody subscribed, message never seen
     stalled: bool = False  # the window stopped moving (deliveries lost), publishing gave up
+    truncated: bool = False  # hit the time cap before publishing everything
     per_channel: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -48,13 +49,14 @@ class Publisher:
         batch: int = 200,
         pad_bytes: int = 0,
         stall_s: float = 5.0,
+        max_s: float = 90.0,
     ) -> PublishResult:
         """Publish ``total`` messages round-robin over ``channels``.
 
         ``rate``: messages per second (paced); otherwise as fast as possible, but with
         ``window`` set, never more than ``window`` deliveries (``fan`` per message) ahead of
         what the clients have received, so the figure is what the server sustains rather
-        than how deep Redis can buffer.
+        than how deep Redis can buffer. Gives up after ``max_s`` seconds (``truncated``).
         """
         res = PublishResult(per_channel=dict.fromkeys(channels, 0))
         pad = (":" + "x" * pad_bytes) if pad_bytes else ""
@@ -63,6 +65,9 @@ class Publisher:
         start = time.monotonic()
         last_progress = (start, -1)
         while res.sent < total:
+            if time.monotonic() - start > max_s:  # a very slow server must not hang the run
+                res.truncated = True
+                break
             n = min(batch, total - res.sent)
             if rate is not None:
                 due = int(rate * (time.monotonic() - start)) + 1 - res.sent

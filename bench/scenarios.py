@@ -138,8 +138,9 @@ def _delivery_run(
         "lost": expected - st["unique"], "duplicated": st["dup"], "out_of_order": st["ooo"],
         **_common(ctx, srv, meter, wall, st["unique"]),
     }
-    if res.unheard or res.stalled:
-        row.update(unheard=res.unheard, stalled=res.stalled)
+    if res.unheard or res.stalled or res.truncated:
+        row.update(unheard=res.unheard, stalled=res.stalled, truncated=res.truncated,
+                   published=res.sent)
     if st["foreign"]:
         row["foreign"] = st["foreign"]
     return row, res
@@ -268,7 +269,8 @@ def churn(
         pub = Publisher(ctx.redis.port)
         res = pub.run(channels, messages, rate=rate)
         pub.close()
-        time.sleep(1.0)  # in-flight deliveries land before everyone drops
+        # Drop everyone right away, with deliveries still in flight: the accounting below
+        # must hold exactly then (whatever was not acknowledged goes back to the queue).
         stopped = pool.broadcast({"op": "churn_stop"}, timeout=120)
         queued_total = _wait_queue_stable(ctx, uids, None, 30.0)
         at_stop = merge(pool.broadcast({"op": "stats", "detail": True}))

@@ -36,6 +36,7 @@ def _notes(r: dict[str, Any]) -> str:
         ("queue_cpu_us_per_msg", "queueing {} µs/msg"), ("queued_at_stop", "{} queued at stop"),
         ("requeued_after_receipt", "{} requeued after receipt"), ("reconnects", "{} reconnects"),
         ("connect_failed", "{} connects failed"), ("stalled", "stalled={}"),
+        ("truncated", "publishing cut at the time cap={}"),
         ("error", "ERROR {}"),
     )
     out = []
