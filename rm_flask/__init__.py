@@ -10,6 +10,8 @@ if TYPE_CHECKING:
 
     from .config import Config
 
+MAX_PACKET = 64 * 1024
+
 # Nothing heavy is imported at module level: `python -m rm_flask` imports this package
 # before its __main__ can monkey-patch for gevent, and patching must come first.
 
@@ -52,6 +54,9 @@ def create_app(
         always_connect=True,
         ping_interval=25,
         ping_timeout=20,
+        # Clients only ever send identifiers and acks: a larger packet is hostile, and
+        # Engine.IO closes that connection without reading it.
+        max_http_buffer_size=MAX_PACKET,
     )
     service = Service(config, socketio)
     app.extensions["redmessenger"] = service

@@ -1,12 +1,198 @@
-"""The demo chat page and its publish endpoint (placeholder until the demo lands)."""
+"""The demo chat page, the vendored socket.io-client, and the demo-only endpoints.
+
+The page (`GET /`) and the client library are always served. The endpoints under `/demo/`
+publish to Redis and edit group membership for anyone who asks, so they exist only while
+config `demo` is true; otherwise they answer 404.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request, send_from_directory
+
+from . import names
 
 bp = Blueprint("demo", __name__)
 
+# The largest payload the demo publishes, in UTF-8 bytes. Apps may publish more; the demo
+# has no reason to.
+MAX_PAYLOAD = 64 * 1024
+
+# socket.io-client comes from npm (package.json); we serve it from where `npm ci` put it.
+VENDOR_FILES = {
+    "socket.io.min.js": "application/javascript",
+    "socket.io.min.js.map": "application/json",
+}
+
+# The page loads only its own files and talks only to its own origin (ws: included).
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+class BadRequest(Exception):
+    """A demo request we refuse, with a code and a sentence for the page."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@bp.errorhandler(BadRequest)
+def bad_request(exc: BadRequest) -> tuple[Response, int]:
+    return jsonify(error=exc.code, message=exc.message), 400
+
+
+def _service() -> Any:
+    return current_app.extensions["redmessenger"]
+
+
+def _vendor_dir() -> Path:
+    return Path(current_app.root_path).parent / "node_modules" / "socket.io-client" / "dist"
+
+
+### The page ###
+
 
 @bp.get("/")
-def index() -> str:
-    return "RedMessenger is running. Socket.IO namespace: /rm"
+def index() -> Response:
+    """Serve the demo chat page."""
+    config = _service().config
+    html = render_template(
+        "index.html",
+        rm_route=config.rm_route,
+        secure_mode=config.secure_mode,
+        demo=config.demo,
+        # Lets the page put the server's clock beside its own, to tell queued messages.
+        server_time=int(time.time() * 1000),
+        max_payload=MAX_PAYLOAD,
+    )
+    response = Response(html, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/vendor/<name>")
+def vendor(name: str) -> Response:
+    """Serve socket.io-client from node_modules (installed by `npm ci`, never committed)."""
+    if name not in VENDOR_FILES:
+        abort(404)
+    folder = _vendor_dir()
+    if not (folder / name).is_file():
+        return Response(
+            f"// {name} is not installed: run `npm ci` in the project folder.\n",
+            status=404, mimetype="application/javascript",
+        )
+    return send_from_directory(folder, name, mimetype=VENDOR_FILES[name], max_age=3600)
+
+
+### Demo-only endpoints ###
+
+
+@bp.before_request
+def demo_only() -> Response | tuple[Response, int] | None:
+    """Hide everything under /demo/ unless config `demo` is on."""
+    if request.path.startswith("/demo/") and not _service().config.demo:
+        return jsonify(error="not_found", message="The demo endpoints are off (config demo is false)."), 404
+    return None
+
+
+def _json_body() -> dict[str, Any]:
+    # Requiring application/json also keeps plain cross-site form posts out.
+    if not request.is_json:
+        raise BadRequest("invalid_json", "Send a JSON object with Content-Type: application/json.")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("invalid_json", "The body must be a JSON object.")
+    return body
+
+
+def _check_id(value: Any, what: str) -> str:
+    if not names.valid_id(value):
+        raise BadRequest(
+            f"invalid_{what}",
+            f"{what} must be 1 to {names.MAX_ID_LENGTH} characters with no ':', "
+            "no whitespace and no control characters.",
+        )
+    return value
+
+
+def _redis_down(exc: redis.RedisError) -> tuple[Response, int]:
+    return jsonify(error="unavailable", message=f"Redis did not answer: {exc}"), 503
+
+
+@bp.post("/demo/publish")
+def publish() -> tuple[Response, int]:
+    """PUBLISH a payload to a user's or a group's channel, exactly as an app would.
+
+    Body: {"to": "user" | "group", "id": uid or cid, "payload": text}.
+    """
+    body = _json_body()
+    to = body.get("to")
+    if to not in ("user", "group"):
+        raise BadRequest("invalid_to", 'to must be "user" or "group".')
+    ident = _check_id(body.get("id"), "id")
+    payload = body.get("payload")
+    if not isinstance(payload, str):
+        raise BadRequest("invalid_payload", "payload must be a string.")
+    if len(payload.encode("utf-8", "surrogatepass")) > MAX_PAYLOAD:
+        raise BadRequest("payload_too_large", f"payload must be at most {MAX_PAYLOAD} bytes of UTF-8.")
+    try:
+        payload.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("invalid_payload", "payload must be valid Unicode text.") from None
+    channel = names.user_channel(ident) if to == "user" else names.group_channel(ident)
+    try:
+        receivers = _service().redis.publish(channel, payload)
+    except redis.RedisError as exc:
+        return _redis_down(exc)
+    # PUBLISH answers how many subscribers saw it: 0 means no RedMessenger was listening
+    # and the message is gone, which is worth showing rather than hiding.
+    return jsonify(ok=True, channel=channel, receivers=receivers), 200
+
+
+@bp.get("/demo/groups/<path:cid>/members")
+def members(cid: str) -> tuple[Response, int]:
+    """List a group's members, each with the length of their queue."""
+    _check_id(cid, "group")
+    try:
+        return jsonify(group=cid, members=_members(cid)), 200
+    except redis.RedisError as exc:
+        return _redis_down(exc)
+
+
+@bp.post("/demo/groups/<path:cid>/members")
+def membership(cid: str) -> tuple[Response, int]:
+    """Join (SADD) or leave (SREM) a group. Body: {"uid": uid, "action": "join" | "leave"}."""
+    _check_id(cid, "group")
+    body = _json_body()
+    uid = _check_id(body.get("uid"), "uid")
+    action = body.get("action", "join")
+    if action not in ("join", "leave"):
+        raise BadRequest("invalid_action", 'action must be "join" or "leave".')
+    key = names.group_members_key(cid)
+    client = _service().redis
+    try:
+        if action == "join":
+            client.sadd(key, uid)
+        else:
+            client.srem(key, uid)
+        return jsonify(ok=True, group=cid, action=action, members=_members(cid)), 200
+    except redis.RedisError as exc:
+        return _redis_down(exc)
+
+
+def _members(cid: str) -> list[dict[str, Any]]:
+    client = _service().redis
+    uids = sorted(m.decode("utf-8", "replace") for m in client.smembers(names.group_members_key(cid)))
+    pipe = client.pipeline(transaction=False)
+    for uid in uids:
+        pipe.llen(names.queue_key(uid))
+    return [{"uid": uid, "queued": queued} for uid, queued in zip(uids, pipe.execute(), strict=True)]

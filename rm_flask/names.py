@@ -35,6 +35,11 @@ def user_key_key(uid: str) -> str:
     return f"{PREFIX}:users:{uid}:key"
 
 
+def group_channel(cid: str) -> str:
+    """The channel an app publishes to for every member of group `cid`."""
+    return f"{GROUP_CHANNELS[0]}{cid}"
+
+
 def group_members_key(cid: str) -> str:
     return f"{PREFIX}:channels:{cid}:subscribers"
 

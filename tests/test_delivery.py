@@ -40,3 +40,114 @@ def test_queue_is_delivered_in_order_on_identify(server, clients, r, uid):
     tab.wait_for(51)
     assert tab.payloads()[-1] == "live"
     assert "purging!" in server.log()
+
+
+def test_bubble_follows_the_oldest_open_socket(server, clients, r, uid):
+    tabs = [clients(server.url, uid) for _ in range(3)]
+    channel = f"rm.users.{uid}"
+    r.publish(channel, "one")
+    for tab in tabs:
+        tab.wait_for(1)
+    assert [t.messages[-1]["bubble"] for t in tabs] == [True, False, False]
+    tabs[0].close()
+    wait_until(lambda: server.health()[1]["connections"] == 2, 5, "the first tab to be gone")
+    r.publish(channel, "two")
+    for tab in tabs[1:]:
+        tab.wait_for(2)
+    assert [t.messages[-1]["bubble"] for t in tabs[1:]] == [True, False]
+    late = clients(server.url, uid)
+    tabs[1].close()
+    wait_until(lambda: server.health()[1]["connections"] == 2, 5, "the second tab to be gone")
+    r.publish(channel, "three")
+    tabs[2].wait_for(3)
+    late.wait_for(1)
+    assert (tabs[2].messages[-1]["bubble"], late.messages[-1]["bubble"]) == (True, False)
+
+
+def test_group_message_reaches_online_and_offline_members(server, clients, r, uid):
+    online, offline = f"{uid}-on", f"{uid}-off"
+    r.sadd("rm:channels:cats:subscribers", online, offline)
+    tab = clients(server.url, online)
+    r.publish("rm.channels.cats", "Meow!")
+    r.publish("rm.groups.cats", "Purr")  # the seed's alias
+    tab.wait_for(2)
+    assert tab.payloads() == ["Meow!", "Purr"]
+    assert [m["source"] for m in tab.messages] == ["rm.channels.cats", "rm.groups.cats"]
+    wait_until(lambda: r.llen(f"rm:users:{offline}:messages") == 2, 5, "the offline member's queue")
+    later = clients(server.url, offline)
+    later.wait_for(2)
+    assert later.payloads() == ["Meow!", "Purr"]
+    assert later.messages[0]["id"] == tab.messages[0]["id"], "one id per published message"
+
+
+def test_percent_payloads_arrive_byte_exact_to_tabs_and_groups(server, clients, r, uid):
+    tabs = [clients(server.url, uid) for _ in range(2)]
+    r.sadd(f"rm:channels:{uid}-g:subscribers", uid)
+    payloads = ["100%", "%41%42", "%", "50% off %s %d {0}"]
+    for p in payloads:
+        r.publish(f"rm.users.{uid}", p)
+    for p in payloads:
+        r.publish(f"rm.channels.{uid}-g", p)
+    for tab in tabs:
+        tab.wait_for(8)
+        assert tab.payloads() == payloads + payloads
+
+
+def test_non_utf8_payload_is_delivered_as_base64(server, clients, r, uid):
+    import base64
+
+    tab = clients(server.url, uid)
+    raw = b"\xff\xfe\x00binary\x80"
+    r.publish(f"rm.users.{uid}", raw)
+    r.publish(f"rm.users.{uid}", "after")
+    tab.wait_for(2)
+    first, second = tab.messages
+    assert first["encoding"] == "base64" and base64.b64decode(first["payload"]) == raw
+    assert second["payload"] == "after" and "encoding" not in second
+
+
+def test_unknown_channels_and_invalid_ids_are_ignored(server, clients, r, uid):
+    tab = clients(server.url, uid)
+    for channel in ["rm.other.x", "rm.users.", "rm.users.a:b", "rm.users.a b", "rm.channels."]:
+        r.publish(channel, "nope")
+    r.publish(f"rm.users.{uid}", "yes")
+    tab.wait_for(1)
+    assert tab.payloads() == ["yes"]
+    assert not r.keys("rm:users:a*"), "nothing queued for invalid ids"
+    assert "Ignoring message on rm.other.x" in server.log()
+
+
+def test_seed_log_lines(server, clients, r, uid):
+    r.publish(f"rm.users.{uid}", "Hello, world!")
+    wait_until(lambda: r.llen(f"rm:users:{uid}:messages") == 1, 5, "queued")
+    tab = clients(server.url, f"{uid}:")
+    tab.wait_for(1)
+    log = server.log()
+    for line in [
+        f"New message from channel rm.users.{uid}",
+        f"Client is not online, queueing message in Redis (rm:users:{uid}:messages)",
+        "Waiting for ID...",
+        f"Assigning id {uid} to socket 127.0.0.1:",
+        f"You're subscribed to rm.users.{uid}!",
+        f"rm.users.{uid} has 1 messages enqueued, purging!",
+        f"{uid}: Purging message 'Hello, world!' from rm.users.{uid}",
+    ]:
+        assert line in log, line
+
+
+def test_reidentify_on_same_socket_takes_no_second_slot(server, clients, r, uid):
+    tab = clients(server.url, uid)
+    assert tab.identify(uid) == {"ok": True, "uid": uid}
+    assert tab.identify({"uid": uid, "ack": True}) == {"ok": True, "uid": uid}
+    r.publish(f"rm.users.{uid}", "once")
+    tab.wait_for(1)
+    r.publish(f"rm.users.{uid}", "marker")
+    tab.wait_for(2)
+    assert tab.payloads() == ["once", "marker"], "no double delivery"
+    other = f"{uid}-b"
+    assert tab.identify(other) == {"ok": True, "uid": other}
+    r.publish(f"rm.users.{other}", "for b")
+    tab.wait_for(3)
+    r.publish(f"rm.users.{uid}", "queued for a")
+    wait_until(lambda: r.llen(f"rm:users:{uid}:messages") == 1, 5, "a is offline now")
+    assert tab.payloads()[-1] == "for b"

@@ -1,0 +1,72 @@
+"""Configuration: defaults, file, RM_* overrides, and one clear line for a bad value."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rm_flask.config import Config, ConfigError, load_config
+
+
+def test_defaults_match_the_spec(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no config.json here
+    config = load_config(environ={})
+    assert config == Config()
+    assert (config.redis_port, config.ws_port, config.user_conn_limit, config.queue_expiry) == (
+        6379, 8080, 6, 604800)
+    assert config.rm_route == "/rm" and config.secure_mode is False
+
+
+def test_shipped_config_json_is_valid():
+    from tests.support.processes import ROOT
+
+    config = load_config(ROOT / "config.json", environ={})
+    assert config.demo is True and config.ws_port == 8080
+
+
+def test_environment_overrides_the_file(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"redis_port": 7000, "secure_mode": False}))
+    config = load_config(path, environ={"RM_REDIS_PORT": "6380", "RM_SECURE_MODE": "true",
+                                        "RM_CORS_ALLOWED_ORIGINS": '["http://a.example"]'})
+    assert config.redis_port == 6380 and config.secure_mode is True
+    assert config.cors_allowed_origins == ["http://a.example"]
+
+
+def test_rm_config_names_the_file(tmp_path):
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps({"ws_port": 9001}))
+    assert load_config(environ={"RM_CONFIG": str(path)}).ws_port == 9001
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"RM_REDIS_PORT": "abc"}, "config: redis_port='abc' is invalid: expected an integer from 1 to 65535"),
+        ({"RM_REDIS_PORT": "70000"}, "redis_port='70000'"),
+        ({"RM_SECURE_MODE": "maybe"}, "secure_mode='maybe' is invalid: expected true or false"),
+        ({"RM_RM_ROUTE": "rm"}, "rm_route='rm'"),
+        ({"RM_LOG_LEVEL": "loud"}, "log_level='loud'"),
+        ({"RM_REDIS_URL": "http://x"}, "redis_url='http://x'"),
+        ({"RM_USER_CONN_LIMIT": "0"}, "user_conn_limit='0'"),
+    ],
+)
+def test_bad_values_name_key_value_and_expectation(tmp_path, monkeypatch, environ, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_config(environ=environ)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_file_values_and_unknown_keys(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"redis_port": "6379"}))
+    with pytest.raises(ConfigError, match="redis_port='6379'"):
+        load_config(path, environ={})
+    path.write_text(json.dumps({"redis_prot": 6379}))
+    with pytest.raises(ConfigError, match="unknown key 'redis_prot'"):
+        load_config(path, environ={})
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(path, environ={})

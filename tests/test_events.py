@@ -1,0 +1,52 @@
+"""The socket protocol through Flask-SocketIO's test client (fast, beside the real tests)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rm_flask import create_app
+from rm_flask.events import IdentifyError, parse_identifier
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ("user1", ("user1", None, False)),
+        ("user1:", ("user1", "", False)),
+        ("user1:k:with:colons", ("user1", "k:with:colons", False)),
+        ({"uid": "u", "key": "k", "ack": True}, ("u", "k", True)),
+        ({"uid": "u"}, ("u", None, False)),
+    ],
+)
+def test_parse_identifier(data, expected):
+    assert parse_identifier(data) == expected
+
+
+@pytest.mark.parametrize("data", [None, 1, 1.5, True, [], {}, "", ":k", "a b", {"uid": 1},
+                                  {"uid": "u", "ack": 1}, "u" * 3000])
+def test_parse_identifier_refuses(data):
+    with pytest.raises(IdentifyError):
+        parse_identifier(data)
+
+
+@pytest.fixture
+def app(redis_server, r):
+    return create_app(async_mode="threading", start=False, redis_port=redis_server.port,
+                      log_level="warning")
+
+
+def test_identify_reply_and_refusal(app):
+    socketio = app.extensions["socketio"]
+    client = socketio.test_client(app, namespace="/rm")
+    assert client.emit("identifier", "alice", namespace="/rm", callback=True) == {"ok": True, "uid": "alice"}
+    bad = socketio.test_client(app, namespace="/rm")
+    reply = bad.emit("identifier", {"uid": "a b"}, namespace="/rm", callback=True)
+    assert reply == {"ok": False, "error": "invalid_identifier"}
+    assert not bad.is_connected("/rm"), "refused sockets are disconnected"
+
+
+def test_healthz_is_503_when_not_subscribed(app):
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 503
+    assert response.get_json()["reason"] == "not subscribed"
+    assert app.test_client().get("/metrics").status_code == 200
