@@ -22,7 +22,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, fields, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -97,6 +97,22 @@ def plan(s: Sizes, targets: list[str], only: str | None) -> list[tuple[str, str,
     return sorted(steps, key=lambda st: order[st[0]])
 
 
+def with_overrides(sizes: Sizes, items: list[str]) -> Sizes:
+    """Apply ``name=value`` overrides, typed like the field they replace."""
+    known = {f.name: f for f in fields(Sizes)}
+    changes: dict[str, Any] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in known or not value:
+            raise ValueError(f"--set {item!r}: expected one of {', '.join(known)} = value")
+        current = getattr(sizes, name)
+        if isinstance(current, tuple):
+            changes[name] = tuple(int(v) for v in value.split(","))
+        else:
+            changes[name] = type(current)(value)
+    return replace(sizes, **changes)
+
+
 def machine() -> dict[str, Any]:
     model = "?"
     try:
@@ -118,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--procs", type=int, default=0,
                     help="load-generator processes (default: number of cores, at least 2)")
     ap.add_argument("--json-out", type=Path, help="also write the JSON lines to this file")
+    ap.add_argument("--workdir", type=Path,
+                    help="keep server logs and Redis files here (default: a temporary folder)")
+    ap.add_argument("--set", action="append", default=[], metavar="SIZE=N",
+                    help="override one size, e.g. --set direct_msgs=200000 --set idle=1000,10000")
     args = ap.parse_args(argv)
 
     targets = [args.target] if args.target else ["baseline", "ours"]
@@ -126,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"target {missing[0]} is not available (no wsgi.py in the repo)", file=sys.stderr)
         return 2
     targets = [t for t in targets if t not in missing]
-    sizes = QUICK if args.quick else Sizes()
+    try:
+        sizes = with_overrides(QUICK if args.quick else Sizes(), args.set)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     cores = os.cpu_count() or 1
     nofile = raise_nofile()
     rows: list[dict[str, Any]] = []
@@ -142,7 +166,11 @@ def main(argv: list[str] | None = None) -> int:
 
     failed = 0
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="rm-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="rm-bench-") as tmpdir:
+        tmp = tmpdir
+        if args.workdir:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+            tmp = str(args.workdir)
         redis = RedisServer(Path(tmp))
         try:
             info = machine() | {"redis": redis.version(), "load_procs": args.procs or max(cores, 2),

@@ -48,7 +48,8 @@ def percentiles(lat: array) -> dict[str, float | None]:
 
 def saturation(shares: dict[str, float], cores: int) -> str:
     """Name the side that ran out of CPU: the server, a load-generator process, the publisher,
-    Redis, or the machine as a whole (everything together near all cores); else "none"."""
+    Redis, or the machine as a whole (everything together, including processes that are not
+    the benchmark's, near all cores); else "none"."""
     if shares.get("server", 0.0) >= BUSY:
         return "server"
     clients = [v for k, v in shares.items() if k.startswith("client")]
@@ -58,7 +59,7 @@ def saturation(shares: dict[str, float], cores: int) -> str:
         return "publisher"
     if shares.get("redis", 0.0) >= BUSY:
         return "redis"
-    if sum(shares.values()) >= BUSY * cores:
+    if sum(shares.values()) >= BUSY * cores:  # includes "other": load that is not ours
         return "machine"
     return "none"
 
@@ -71,4 +72,5 @@ def cpu_summary(shares: dict[str, float]) -> dict[str, float]:
         "clients_sum": round(sum(clients), 2),
         "publisher": round(shares.get("publisher", 0.0), 2),
         "redis": round(shares.get("redis", 0.0), 2),
+        "other": round(shares.get("other", 0.0), 2),
     }
