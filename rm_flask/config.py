@@ -45,6 +45,13 @@ class Config:
     ack_timeout: float = 30
     # Messages handed to a socket per drain step; the next step waits for acks.
     drain_batch: int = 100
+    # Hostile input: larger PUBLISHes are dropped (logged, counted); a socket with more
+    # packets than this waiting to be written is too slow and is closed; failed identifies
+    # per minute, per uid and per client address, before `rate_limited`.
+    max_payload: int = 1024 * 1024
+    max_buffered: int = 1000
+    identify_failures_per_uid: int = 10
+    identify_failures_per_address: int = 50
 
     def redis_kwargs(self) -> dict[str, Any]:
         """Arguments for `redis.Redis.from_url`."""
@@ -80,6 +87,10 @@ _RULES: dict[str, tuple[type, Any, str]] = {
     "data_dir": (str, lambda v: bool(v), "a folder path"),
     "ack_timeout": (float, lambda v: v > 0, "a number of seconds > 0"),
     "drain_batch": (int, lambda v: 1 <= v <= 10000, "an integer from 1 to 10000"),
+    "max_payload": (int, lambda v: v >= 1, "a number of bytes >= 1"),
+    "max_buffered": (int, lambda v: v >= 10, "an integer >= 10"),
+    "identify_failures_per_uid": (int, lambda v: v >= 1, "an integer >= 1"),
+    "identify_failures_per_address": (int, lambda v: v >= 1, "an integer >= 1"),
 }
 
 _NULLABLE = {"redis_url"}

@@ -31,7 +31,8 @@ RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 class Transport(Protocol):
     """What the dispatcher needs from the socket layer."""
 
-    def send(self, conn: Conn, env: Envelope, bubble: bool, callback: Callable[..., None] | None) -> None: ...
+    def send(self, conn: Conn, env: Envelope, bubble: bool, callback: Callable[..., None] | None) -> bool:
+        """Queue `env` for the socket; False if the socket has too much unwritten already."""
 
     def disconnect(self, conn: Conn) -> None: ...
 
@@ -65,6 +66,7 @@ class Dispatcher:
         spawn: Callable[..., Any],
         drain_batch: int = 100,
         ack_timeout: float = 30,
+        max_payload: int = 1024 * 1024,
     ) -> None:
         self.store = store
         self.spawn = spawn
@@ -73,24 +75,32 @@ class Dispatcher:
         self.metrics = metrics
         self.drain_batch = drain_batch
         self.ack_timeout = ack_timeout
+        self.max_payload = max_payload
 
     ### From Redis ###
 
     def route(self, channel: str, data: bytes) -> None:
         """Deliver or queue one PUBLISH; never raises, so the listener keeps going."""
         self.metrics.received.inc()
+        started = time.perf_counter()
         try:
             target = names.parse_channel(channel)
             if target is None:
                 log.warning("Ignoring message on %s: not a user or group channel with a valid id",
                             channel[:300])
-                self.metrics.invalid.inc()
+                self.metrics.invalid.labels("channel").inc()
+                return
+            if len(data) > self.max_payload:
+                log.warning("Dropping message on %s: %d bytes is over max_payload (%d)",
+                            channel, len(data), self.max_payload)
+                self.metrics.invalid.labels("too_large").inc()
                 return
             log.info("New message from channel %s", channel)
             env = envelope.make(channel, data)
             kind, ident = target
             if kind == "user":
                 self.deliver(ident, env)
+                self.metrics.latency.observe(time.perf_counter() - started)
                 return
             members = retrying(
                 f"reading members of group {ident}",
@@ -102,6 +112,7 @@ class Dispatcher:
                     self.deliver(uid, env)
                 else:
                     log.warning("Group %s has an invalid member %r; skipped", ident, uid[:80])
+            self.metrics.latency.observe(time.perf_counter() - started)
         except Exception:
             log.exception("Failed to route a message from %s", channel[:300])
 
@@ -165,7 +176,13 @@ class Dispatcher:
 
     def _write(self, user: User, conn: Conn, env: Envelope, bubble: bool) -> None:
         callback = partial(self.acked, user.uid, conn.sid, env["id"]) if conn.ack else None
-        self.transport.send(conn, env, bubble, callback)
+        if not self.transport.send(conn, env, bubble, callback) and conn.uid is not None:
+            # A client that stopped reading must not hold the others up, nor grow our
+            # memory without bound: close it, and what it held goes back to the queue.
+            log.warning("%s: socket %s is not reading its messages; closing it", user.uid, conn.address)
+            self.metrics.slow_closed.inc()
+            self.leave(conn)
+            self.transport.disconnect(conn)
 
     def acked(self, uid: str, sid: str, msg_id: str, *_: Any) -> None:
         """A socket acknowledged a message: it is delivered, for every socket of the user."""

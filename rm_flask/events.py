@@ -13,6 +13,7 @@ from flask_socketio import SocketIO
 
 from . import names
 from .envelope import Envelope
+from .ratelimit import FailureLimiter
 from .registry import Conn, ConnLimitError
 
 if TYPE_CHECKING:
@@ -62,21 +63,27 @@ def describe(data: Any) -> str:
 class SocketTransport:
     """Sends envelopes and closes sockets through python-socketio's server."""
 
-    def __init__(self, socketio: SocketIO, namespace: str) -> None:
+    def __init__(self, socketio: SocketIO, namespace: str, max_buffered: int = 1000) -> None:
         self.socketio = socketio
         self.namespace = namespace
+        self.max_buffered = max_buffered
 
     def send(
         self, conn: Conn, env: Envelope, bubble: bool, callback: Callable[..., None] | None
-    ) -> None:
+    ) -> bool:
+        server = self.socketio.server
+        eio_socket = server.eio.sockets.get(conn.eio_sid)
+        if eio_socket is not None and eio_socket.queue.qsize() >= self.max_buffered:
+            return False
         try:
-            self.socketio.server.emit(
+            server.emit(
                 "message", {**env, "bubble": bubble}, to=conn.sid,
                 namespace=self.namespace, callback=callback,
             )
         except Exception:
             # The socket went away under us; its disconnect handler recommits.
             log.debug("emit to %s failed", conn.sid, exc_info=True)
+        return True
 
     def disconnect(self, conn: Conn) -> None:
         self.socketio.start_background_task(self._disconnect, conn.sid)
@@ -107,13 +114,16 @@ def init_app(socketio: SocketIO, service: Service) -> None:
     dispatcher = service.dispatcher
     transport = service.transport
     metrics = service.metrics
+    per_uid = FailureLimiter(config.identify_failures_per_uid)
+    per_address = FailureLimiter(config.identify_failures_per_address)
 
     @socketio.on("connect", namespace=namespace)
     def connect(auth: Any = None) -> bool | None:
         environ = request.environ
         address = f"{environ.get('REMOTE_ADDR', '?')}:{environ.get('REMOTE_PORT', '?')}"
+        eio_sid = socketio.server.manager.eio_sid_from_sid(request.sid, namespace)
         try:
-            registry.connect(request.sid, address)
+            registry.connect(request.sid, address, eio_sid)
         except ConnLimitError:
             log.warning("Refusing connection %s: conn_limit (%d) reached", address, config.conn_limit)
             metrics.identify_failed.labels("conn_limit").inc()
@@ -128,13 +138,26 @@ def init_app(socketio: SocketIO, service: Service) -> None:
         conn = registry.get(request.sid)
         if conn is None:
             return {"ok": False, "error": "conn_limit"}
+        host = conn.address.rpartition(":")[0]
+        uid = None
         try:
+            if per_address.blocked(host):
+                raise IdentifyError("rate_limited")
             uid, key, ack = parse_identifier(data)
+            if per_uid.blocked(uid):
+                raise IdentifyError("rate_limited")
+            if not service.listener.subscribed:
+                # We could not deliver anything, nor tell what is queued: say so at once.
+                raise IdentifyError("unavailable")
             if config.secure_mode:
                 check_key(service.redis, uid, key)
         except IdentifyError as exc:
             log.warning("Refusing identifier %s from %s: %s", describe(data), conn.address, exc.code)
             metrics.identify_failed.labels(exc.code).inc()
+            if exc.code in ("invalid_identifier", "unauthorized"):
+                per_address.fail(host)
+                if uid is not None:
+                    per_uid.fail(uid)
             transport.refuse(conn.sid, exc.code)
             return {"ok": False, "error": exc.code}
         if conn.requested == uid:

@@ -24,11 +24,17 @@ class Metrics:
             "rm_messages_trimmed", "Oldest queued messages dropped by max_queue_length", registry=r
         )
         self.invalid = Counter(
-            "rm_messages_invalid", "PUBLISHes ignored: unknown channel or invalid id", registry=r
+            "rm_messages_invalid",
+            "PUBLISHes dropped: unknown channel or invalid id (channel), over max_payload (too_large)",
+            ["reason"],
+            registry=r,
         )
         self.identified = Counter("rm_identify_success", "Sockets identified", registry=r)
         self.identify_failed = Counter(
             "rm_identify_failures", "Identify attempts refused, by reason", ["reason"], registry=r
+        )
+        self.slow_closed = Counter(
+            "rm_sockets_slow_closed", "Sockets closed for having max_buffered packets unwritten", registry=r
         )
         self.sockets = Gauge("rm_sockets_open", "Open Socket.IO connections in our namespace", registry=r)
         self.redis_reconnects = Counter(

@@ -24,6 +24,7 @@ class Conn:
 
     sid: str
     address: str
+    eio_sid: str | None = None  # the Engine.IO connection under it, whose buffer we watch
     connected_at: float = field(default_factory=time.monotonic)
     uid: str | None = None  # set once the socket is attached to its user
     requested: str | None = None  # the uid it identified as, from the identify reply on
@@ -74,11 +75,11 @@ class Registry:
 
     ### Connections ###
 
-    def connect(self, sid: str, address: str) -> Conn:
+    def connect(self, sid: str, address: str, eio_sid: str | None = None) -> Conn:
         with self._lock:
             if len(self.conns) >= self.conn_limit:
                 raise ConnLimitError
-            conn = self.conns[sid] = Conn(sid, address)
+            conn = self.conns[sid] = Conn(sid, address, eio_sid)
             return conn
 
     def get(self, sid: str) -> Conn | None:

@@ -58,11 +58,12 @@ class Service:
         self.metrics = Metrics()
         self.registry = Registry(config.conn_limit, config.user_conn_limit)
         self.store = Store(self.redis, self.server_id, config.queue_expiry, config.max_queue_length)
-        self.transport = SocketTransport(socketio, config.rm_route)
+        self.transport = SocketTransport(socketio, config.rm_route, config.max_buffered)
         self.dispatcher = Dispatcher(
             self.store, self.registry, self.transport, self.metrics,
             spawn=socketio.start_background_task,
             drain_batch=config.drain_batch, ack_timeout=config.ack_timeout,
+            max_payload=config.max_payload,
         )
         self.listener = Listener(
             self.pubsub_redis, self.server_id, self.dispatcher.route,

@@ -35,7 +35,15 @@ def app(redis_server, r):
                       log_level="warning")
 
 
+def test_identify_while_not_subscribed_is_unavailable_at_once(app):
+    client = app.extensions["socketio"].test_client(app, namespace="/rm")
+    reply = client.emit("identifier", "alice", namespace="/rm", callback=True)
+    assert reply == {"ok": False, "error": "unavailable"}
+
+
 def test_identify_reply_and_refusal(app):
+    # No listener runs in this app (start=False): stand in for its subscription.
+    app.extensions["redmessenger"].listener.subscribed = True
     socketio = app.extensions["socketio"]
     client = socketio.test_client(app, namespace="/rm")
     assert client.emit("identifier", "alice", namespace="/rm", callback=True) == {"ok": True, "uid": "alice"}
