@@ -51,12 +51,13 @@ class Sizes:
     churn_rate: float = 4000.0
     connect: int = 2000
     raw: int = 200000
+    settle_s: float = 2.0  # idle: wait after connecting before reading RSS
 
 
 QUICK = Sizes(
     direct_clients=100, direct_msgs=5000, fan_members=100, fan_msgs=20, paced_clients=100,
     paced_rate=1000.0, paced_msgs=2000, idle=(200, 500), offline_users=50, offline_per_user=20,
-    churn_users=50, churn_msgs=2000, churn_rate=1000.0, connect=300, raw=50000,
+    churn_users=50, churn_msgs=2000, churn_rate=1000.0, connect=200, raw=50000, settle_s=1.0,
 )
 
 Step = Callable[[Ctx], list[dict[str, Any]]]
@@ -82,7 +83,7 @@ def plan(s: Sizes, targets: list[str], only: str | None) -> list[tuple[str, str,
             scenarios.fanout(c, t, s.fan_members, s.fan_msgs, ack=a)]))
         steps.append(("paced", t, lambda c, t=t, a=ours: [
             scenarios.direct(c, t, s.paced_clients, s.paced_msgs, ack=a, rate=s.paced_rate)]))
-        steps.append(("idle", t, lambda c, t=t: scenarios.idle(c, t, list(s.idle))))
+        steps.append(("idle", t, lambda c, t=t: scenarios.idle(c, t, list(s.idle), s.settle_s)))
         if ours:  # the baseline has no queue: an offline drain has nothing to measure
             steps.append(("offline", t, lambda c, t=t: [
                 scenarios.offline(c, t, s.offline_users, s.offline_per_user)]))
@@ -178,8 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             emit({"scenario": "machine", **info})
             ctx = Ctx(redis=redis, workdir=Path(tmp), procs=info["load_procs"], cores=cores)
             for name, target, step in plan(sizes, targets, args.only):
+                t_step = time.monotonic()
                 try:
                     for row in step(ctx):
+                        row["run_s"] = round(time.monotonic() - t_step, 1)
                         if name == "raw":
                             ctx.raw_rate = float(row["deliveries_per_s"])
                         emit(row)

@@ -21,7 +21,8 @@ def _fmt(v: Any) -> str:
 
 
 def _mode(r: dict[str, Any]) -> str:
-    parts = ["ack" if r.get("ack") else "no-ack"]
+    # The baseline relay never asks for acks, whatever the client offered.
+    parts = ["ack" if r.get("ack") and r.get("target") != "baseline" else "no-ack"]
     if r.get("log_level") and r["log_level"] != "warning":
         parts.append(f"log {r['log_level']}")
     if r.get("rate_target"):
