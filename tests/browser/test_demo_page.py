@@ -148,3 +148,15 @@ def test_the_page_fits_a_phone(new_page, r):
     width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
     assert width[0] <= width[1], f"the page scrolls sideways: {width}"
     screenshot(page, "phone.png")
+
+
+def test_the_readme_walkthrough(new_page, r):
+    """README: publish twice for user1 with no one there, then open /?uid=user1."""
+    r.publish("rm.users.user1", "Hello, world!")
+    r.publish("rm.users.user1", "My life is a spicy pepper...")
+    wait_until(lambda: r.llen("rm:users:user1:messages") == 2, 10, "both messages queued")
+    page = new_page("user1")
+    expect(received(page).locator(".text")).to_have_text(["Hello, world!", "My life is a spicy pepper..."])
+    for i in range(2):
+        expect(received(page).nth(i)).to_have_attribute("data-queued", "true")
+    screenshot(page, "readme-user1.png")
