@@ -145,6 +145,11 @@
     item.querySelector(".text").textContent = payload.text;
     item.querySelector("pre").textContent = JSON.stringify(message, null, 2);
     append(item);
+    // Ready to reply: a direct message fills in who to answer, unless a recipient is set.
+    var recipient = $("send-id");
+    if (recipient && !recipient.value && payload.from && payload.from !== me && item.dataset.source.indexOf("rm.users.") === 0) {
+      recipient.value = payload.from;
+    }
     $("tab-role").textContent = message.bubble
       ? "This is " + me + "'s notifying tab (the oldest open one): its messages carry bubble: true."
       : "An older tab of " + me + " shows the notifications: messages here carry bubble: false.";

@@ -18,7 +18,7 @@
  *                  `bubble` is true (only one tab of the user gets that), if the user allowed
  *   autoConnect    true (default): connect now; otherwise call connect()
  *   io             the socket.io-client `io` function (default: the global `io`)
- *   socket         extra options for io(), e.g. {transports: ["websocket"]}
+ *   socket         extra options for io() (default: WebSocket, falling back to long polling)
  *
  * Messages are envelopes {id, source, timestamp, bubble, payload} (plus
  * `encoding: "base64"` for data that was not UTF-8). Override `onMessage(message)` or
@@ -154,7 +154,10 @@
       throw new Error("RedMessenger: socket.io-client is not loaded (no global io)");
     }
     var self = this;
-    var socket = this._io(this.url, Object.assign({ transports: ["websocket", "polling"] }, this._socketOptions));
+    // WebSocket first (one connection, and what several server processes need), long
+    // polling only if a proxy in the way refuses WebSockets.
+    var socket = this._io(this.url, Object.assign(
+      { transports: ["websocket", "polling"], tryAllTransports: true }, this._socketOptions));
     this.socket = socket;
     this.state = "connecting";
 

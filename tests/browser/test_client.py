@@ -188,3 +188,23 @@ def test_library_api_with_a_stand_in_socket(new_page, demo_server):
       try { new RedMessenger("http://example.test/rm", {}); } catch (e) { return e.message; }
     }""")
     assert re.search(r"uid is required", errors)
+
+
+def test_falls_back_to_long_polling_when_websockets_are_refused(new_page, demo_server, r):
+    page = new_page(wait_identified=False)
+    url = demo_server.url + "/?uid=lena"
+
+    def no_websockets(route):
+        # The page's own policy, minus ws: the browser refuses to open any WebSocket.
+        response = route.fetch()
+        headers = {**response.headers, "content-security-policy": response.headers[
+            "content-security-policy"].replace("connect-src 'self'", f"connect-src {demo_server.url}")}
+        route.fulfill(response=response, headers=headers)
+
+    page.route(url, no_websockets)
+    page.goto(url)
+    expect(page.locator("#status")).to_have_text("Online as lena")
+    r.publish("rm.users.lena", "over long polling")
+    expect(received(page).locator(".text")).to_have_text(["over long polling"])
+    polled = "performance.getEntriesByType('resource').some(e => /transport=polling/.test(e.name))"
+    assert page.evaluate(polled)

@@ -128,6 +128,9 @@ def test_a_group_message_reaches_online_and_offline_members(new_page, r):
 
 def test_the_page_makes_no_request_beyond_127_0_0_1(new_page, requests_seen, r):
     signin = new_page()
+    problems = []
+    signin.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+    signin.on("pageerror", lambda e: problems.append(str(e)))
     expect(signin.get_by_role("heading", name="Sign in")).to_be_visible()
     screenshot(signin, "sign-in.png")
     signin.get_by_label("Your user id").fill("erin")
@@ -139,6 +142,7 @@ def test_the_page_makes_no_request_beyond_127_0_0_1(new_page, requests_seen, r):
     assert any(u.endswith("/vendor/socket.io.min.js") for u in urls), urls
     assert any(u.startswith("ws://127.0.0.1:") for u in urls), urls
     assert requests_seen.leaving() == []
+    assert problems == [], "no script errors, no CSP violations"
 
 
 def test_the_page_fits_a_phone(new_page, r):
