@@ -49,7 +49,7 @@ class Publisher:
         batch: int = 200,
         pad_bytes: int = 0,
         stall_s: float = 5.0,
-        max_s: float = 90.0,
+        max_s: float = 45.0,
     ) -> PublishResult:
         """Publish ``total`` messages round-robin over ``channels``.
 

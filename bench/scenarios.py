@@ -129,7 +129,7 @@ def _delivery_run(
     meter.start()
     res = pub.run(channels, total, fan=fan, rate=rate, window=window)
     expected = res.sent * fan
-    wait_delivered(pool, expected, idle_s=5.0, deadline_s=120.0)
+    wait_delivered(pool, expected, idle_s=5.0, deadline_s=60.0)
     meter.stop()
     pub.close()
     st = merge(pool.broadcast({"op": "stats"}))
