@@ -10,6 +10,7 @@ which is what keeps the queue, the drain and live delivery in one order.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -26,6 +27,7 @@ from .store import Store
 log = logging.getLogger("rm_flask")
 
 RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+SETTLE_EVERY = 0.005  # seconds acks are gathered before one round trip clears them
 
 
 class Transport(Protocol):
@@ -76,6 +78,9 @@ class Dispatcher:
         self.drain_batch = drain_batch
         self.ack_timeout = ack_timeout
         self.max_payload = max_payload
+        self._to_settle: dict[str, list[str]] = {}
+        self._settle_lock = threading.Lock()
+        self._settle_wakeup = threading.Event()
 
     ### From Redis ###
 
@@ -198,11 +203,37 @@ class Dispatcher:
             self.registry.forget_if_idle(user)
 
     def _settle(self, uid: str, stored: list[str]) -> None:
-        try:
-            self.store.settle(uid, stored)
-        except redis.RedisError as exc:
-            # Delivered already; the stale entry can only cause a duplicate, never a loss.
-            log.warning("%s: could not clear delivered messages from in-flight: %s", uid, exc)
+        """Forget delivered messages in Redis, in batches from `settle_loop`.
+
+        A delivered message left in flight can only cause a duplicate, never a loss, so
+        there is no need to wait for Redis here, on the path of every ack.
+        """
+        with self._settle_lock:
+            self._to_settle.setdefault(uid, []).extend(stored)
+        self._settle_wakeup.set()
+
+    def settle_loop(self, stopped: threading.Event) -> None:
+        while not stopped.is_set():
+            self._settle_wakeup.wait(1.0)
+            self._settle_wakeup.clear()
+            time.sleep(SETTLE_EVERY)  # let a few more acks join the batch
+            with self._settle_lock:
+                batch, self._to_settle = self._to_settle, {}
+            if not batch:
+                continue
+            try:
+                self.store.settle_many(batch)
+            except redis.RedisError as exc:
+                log.warning("Could not clear %d delivered messages from in-flight yet: %s",
+                            sum(map(len, batch.values())), exc)
+                with self._settle_lock:
+                    for uid, members in batch.items():
+                        self._to_settle.setdefault(uid, []).extend(members)
+                stopped.wait(1.0)
+                self._settle_wakeup.set()
+
+    def wake_settler(self) -> None:
+        self._settle_wakeup.set()
 
     ### Identify and drain ###
 

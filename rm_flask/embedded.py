@@ -36,10 +36,14 @@ def executable() -> str:
 class RedisServer:
     """A redis-server child process bound to 127.0.0.1."""
 
-    def __init__(self, port: int, data_dir: str | os.PathLike[str], persist: bool = True) -> None:
+    def __init__(
+        self, port: int, data_dir: str | os.PathLike[str], persist: bool = True, fsync_always: bool = False
+    ) -> None:
         self.port = port
         self.data_dir = Path(data_dir)
         self.persist = persist
+        # Every write on disk before the reply: a SIGKILLed Redis then loses nothing.
+        self.fsync_always = fsync_always
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -52,7 +56,11 @@ class RedisServer:
             executable(), "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.data_dir.resolve()), "--save", "",
             "--appendonly", "yes" if self.persist else "no",
+            "--appendfsync", "always" if self.fsync_always else "everysec",
             "--daemonize", "no", "--loglevel", "warning",
+            # Redis drops a subscriber whose unread backlog passes this, and with it every
+            # message in the backlog: give a busy server room to catch up.
+            "--client-output-buffer-limit", "pubsub", "512mb", "256mb", "120",
             "--logfile", str((self.data_dir / "redis.log").resolve()),
         ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)

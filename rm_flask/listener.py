@@ -22,8 +22,9 @@ class Listener:
 
     Liveness is proven end to end: `ping()` PUBLISHes to a channel only this server
     listens on, and `last_pong` records when it came back through the subscription. A
-    subscription that stops delivering is closed, which sends `run` round its reconnect
-    loop.
+    subscription that delivers nothing at all, not even our pings, is closed, which sends
+    `run` round its reconnect loop. A busy one is only late: its pings queue behind the
+    apps' messages, and closing it would throw away everything Redis holds for us.
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class Listener:
         self.on_reconnect = on_reconnect
         self.subscribed = False
         self.last_pong = 0.0
+        self.last_received = 0.0
         self.stopped = threading.Event()
         self._pubsub: redis.client.PubSub | None = None
         self._connections = 0
@@ -53,6 +55,7 @@ class Listener:
                 pubsub.psubscribe(names.PATTERN)
                 pubsub.subscribe(self.control)
                 for message in pubsub.listen():
+                    self.last_received = time.monotonic()
                     kind = message["type"]
                     if kind == "pmessage":
                         self.on_message(message["channel"].decode("utf-8", "replace"), message["data"])
@@ -83,7 +86,7 @@ class Listener:
 
     def _on_subscribed(self, down_since: float | None) -> None:
         self.subscribed = True
-        self.last_pong = time.monotonic()
+        self.last_pong = self.last_received = time.monotonic()
         self._connections += 1
         if down_since is not None:
             log.warning("Redis subscription restored after %.1fs", time.monotonic() - down_since)
@@ -98,7 +101,7 @@ class Listener:
         """Drop a subscription that stopped delivering, so that `run` makes a new one."""
         pubsub = self._pubsub
         if pubsub is not None and pubsub.connection is not None:
-            log.error("Redis subscription delivered nothing for too long; reconnecting")
+            log.error("Redis subscription delivered nothing, not even our pings; reconnecting")
             self.subscribed = False
             pubsub.connection.disconnect()
 

@@ -25,7 +25,8 @@ log = logging.getLogger("rm_flask")
 
 HEARTBEAT_EVERY = 2.0  # seconds between heartbeats and subscription round trips
 HEARTBEAT_TTL = 15  # a server silent this long is dead even if its connection lingers
-STUCK_AFTER = 6.0  # a subscription whose round trip is older than this is replaced
+REDIS_POOL_SIZE = 32
+STUCK_AFTER = 6.0  # a subscription that received nothing (pings included) this long is replaced
 
 
 class RedisUnreachable(RuntimeError):
@@ -39,14 +40,19 @@ class Service:
         self.config = config
         self.socketio = socketio
         self.server_id = os.urandom(6).hex()
-        self.redis = redis.Redis.from_url(
-            **config.redis_kwargs(),
+        # Many greenlets share the pool; past its size they wait their turn instead of
+        # failing with "Too many connections".
+        pool = redis.BlockingConnectionPool.from_url(
+            config.redis_kwargs()["url"],
+            max_connections=REDIS_POOL_SIZE,
+            timeout=5,
             client_name=names.client_name(self.server_id),
             socket_connect_timeout=2,
             socket_timeout=5,
             socket_keepalive=True,
             health_check_interval=15,
         )
+        self.redis = redis.Redis(connection_pool=pool)
         # The subscription waits for messages indefinitely, so it gets no read timeout;
         # the round trips through the control channel notice when it stops delivering.
         self.pubsub_redis = redis.Redis.from_url(
@@ -95,10 +101,12 @@ class Service:
         self.reap_dead_servers()
         self.socketio.start_background_task(self.listener.run)
         self.socketio.start_background_task(self._housekeeping)
+        self.socketio.start_background_task(self.dispatcher.settle_loop, self._stopped)
         log.info("RedMessenger %s listening to %s on Redis", self.server_id, names.PATTERN)
 
     def stop(self) -> None:
         self._stopped.set()
+        self.dispatcher.wake_settler()
         self.listener.stop()
 
     ### Liveness ###
@@ -160,7 +168,7 @@ class Service:
                 self.listener.ping()
                 if (
                     self.listener.subscribed
-                    and time.monotonic() - self.listener.last_pong > STUCK_AFTER
+                    and time.monotonic() - self.listener.last_received > STUCK_AFTER
                 ):
                     self.listener.kick()
                 if time.monotonic() - last_reap > 5:
@@ -190,9 +198,12 @@ class Service:
             status["redis"] = "ok"
         except redis.RedisError as exc:
             status["redis"] = f"unreachable: {exc}"
-        age = time.monotonic() - self.listener.last_pong if self.listener.last_pong else None
-        status["subscribed"] = self.listener.subscribed
-        status["last_round_trip_s"] = None if age is None else round(age, 3)
+        now = time.monotonic()
+        listener = self.listener
+        age = now - listener.last_received if listener.last_received else None
+        status["subscribed"] = listener.subscribed
+        # How far behind Redis we are: our last ping that came back was sent about then.
+        status["last_round_trip_s"] = round(now - listener.last_pong, 3) if listener.last_pong else None
         fresh = age is not None and age < STUCK_AFTER + 2
         ok = status["redis"] == "ok" and self.listener.subscribed and fresh
         if not ok:

@@ -135,15 +135,16 @@ class Store:
 
     def settle(self, uid: str, stored: Iterable[str | bytes]) -> None:
         """Forget in-flight messages that were delivered."""
-        members = list(stored)
-        if members:
-            self._settle(
-                keys=[
-                    names.inflight_key(self.server_id, uid),
-                    names.inflight_users_key(self.server_id),
-                ],
-                args=[uid, *members],
-            )
+        self.settle_many({uid: list(stored)})
+
+    def settle_many(self, by_uid: dict[str, list[str | bytes]]) -> None:
+        """`settle` for many users in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        index = names.inflight_users_key(self.server_id)
+        for uid, members in by_uid.items():
+            self._settle(keys=[names.inflight_key(self.server_id, uid), index], args=[uid, *members],
+                         client=pipe)
+        pipe.execute()
 
     def recommit(self, uid: str, stored: Sequence[str | bytes]) -> list[bytes]:
         """Give undelivered in-flight messages back to the head of the queue, in order."""

@@ -112,5 +112,6 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def start_redis(data_dir: Path, port: int | None = None, persist: bool = False) -> RedisServer:
-    return RedisServer(port or free_port(), data_dir, persist=persist).start()
+def start_redis(data_dir: Path, port: int | None = None, persist: bool = False,
+                fsync_always: bool = False) -> RedisServer:
+    return RedisServer(port or free_port(), data_dir, persist=persist, fsync_always=fsync_always).start()

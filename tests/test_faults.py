@@ -1,0 +1,194 @@
+"""Faults, counted message by message: Redis outages, dying clients, a killed server.
+
+Each test publishes a stream, breaks something in the middle, and then accounts for
+every message that a server received (PUBLISH returned 1): received by a client, or
+still queued in Redis. Lost must be 0; duplicates are reported.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+import redis
+import requests
+
+from tests.support.accounting import Stream, account
+from tests.support.clients import RMClient
+from tests.support.processes import ServerProcess, start_redis, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A Redis of the test's own, which it may kill; fsync always, so Redis loses nothing."""
+    server = start_redis(tmp_path / "redis", persist=True, fsync_always=True)
+    yield server
+    server.stop()
+
+
+def connect_all(url: str, uids: list[str], **kwargs) -> dict[str, RMClient]:
+    tabs = {}
+    for uid in uids:
+        tab = RMClient(url, **kwargs).connect()
+        assert tab.identify({"uid": uid, "ack": True}) == {"ok": True, "uid": uid}
+        tabs[uid] = tab
+    return tabs
+
+
+def received_by_uid(tabs_by_uid: dict[str, list[RMClient]]) -> dict[str, list[str]]:
+    return {uid: [p for t in tabs for p in t.payloads()] for uid, tabs in tabs_by_uid.items()}
+
+
+def wait_settled(r: redis.Redis, timeout: float = 30) -> None:
+    """Until no server holds anything in flight."""
+    wait_until(lambda: not [k for k in r.scan_iter("rm:inflight:*:*")], timeout, "in-flight sets to empty")
+
+
+def test_redis_outage_with_200_ack_clients(own_redis, tmp_path, r_own=None):
+    r = redis.Redis(port=own_redis.port)
+    server = ServerProcess(own_redis.port, tmp_path, log_level="warning").start()
+    uids = [f"o{i}" for i in range(200)]
+    tabs = connect_all(server.url, uids)
+    stream = Stream(r, uids)
+    health: list[int] = []
+    stop = threading.Event()
+
+    def watch_health():
+        while not stop.is_set():
+            try:
+                health.append(requests.get(server.url + "/healthz", timeout=2).status_code)
+            except requests.RequestException:
+                health.append(0)
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch_health)
+    watcher.start()
+    publisher = threading.Thread(target=stream.publish, args=(1_000_000, 500), kwargs={"stop": stop})
+    publisher.start()
+    try:
+        wait_until(lambda: stream.sent >= 1000, 20, "1,000 messages before the outage")
+        own_redis.kill()
+        wait_until(lambda: 503 in health, 15, "/healthz to go red")
+        time.sleep(2)  # the outage itself: Redis stays down 2 s
+        own_redis.start()
+        restarted = time.monotonic()
+        wait_until(lambda: health[-1] == 200, 15, "/healthz to go green")
+        recovered = time.monotonic() - restarted
+        sent_at_recovery = stream.sent
+        wait_until(lambda: stream.sent >= sent_at_recovery + 1000, 20, "1,000 messages after the outage")
+    finally:
+        stop.set()
+        publisher.join(10)
+        watcher.join(5)
+    # Sockets stayed connected and receive again, without identifying again.
+    assert all(not t.disconnected.is_set() for t in tabs.values())
+    total = stream.sent
+    wait_until(lambda: sum(len(t.messages) for t in tabs.values()) >= total, 30,
+               f"{total} deliveries")
+    counts = account(stream, received_by_uid({u: [t] for u, t in tabs.items()}), r)
+    print("redis outage:", counts, f"green {recovered:.1f}s after Redis came back")
+    assert counts["lost"] == 0 and counts["out_of_order"] == 0
+    assert recovered < 5
+    for tab in tabs.values():
+        tab.close()
+    server.stop()
+
+
+def test_200_ack_clients_churning_during_20000_messages(make_server, r):
+    server = make_server(log_level="info")
+    uids = [f"c{i}" for i in range(200)]
+    tabs_by_uid: dict[str, list[RMClient]] = {u: [] for u in uids}
+    live: dict[str, RMClient] = {}
+    for uid, tab in connect_all(server.url, uids).items():
+        tabs_by_uid[uid].append(tab)
+        live[uid] = tab
+    stream = Stream(r, uids)
+    publisher = threading.Thread(target=stream.publish, args=(20_000, 4000))
+    publisher.start()
+    churned = {"graceful": 0, "abrupt": 0}
+    rng = random.Random(7)
+    while publisher.is_alive():
+        uid = rng.choice(uids)
+        tab = live.pop(uid, None)
+        if tab is not None:
+            if rng.random() < 0.5:
+                tab.close()
+                churned["graceful"] += 1
+            else:
+                tab.drop()
+                churned["abrupt"] += 1
+        if rng.random() < 0.8 or tab is None:
+            new = RMClient(server.url).connect()
+            new.identify({"uid": uid, "ack": True})
+            tabs_by_uid[uid].append(new)
+            live[uid] = new
+        time.sleep(0.01)
+    publisher.join()
+    # Everyone comes back once more; then all that is owed is received or queued.
+    for uid in uids:
+        if uid not in live:
+            new = RMClient(server.url).connect()
+            new.identify({"uid": uid, "ack": True})
+            tabs_by_uid[uid].append(new)
+            live[uid] = new
+    owed = stream.sent
+
+    def all_there():
+        got = received_by_uid(tabs_by_uid)
+        return sum(len(set(v)) for v in got.values()) >= owed
+
+    try:
+        wait_until(all_there, 60, f"{owed} distinct deliveries")
+    finally:
+        print("churn so far:", account(stream, received_by_uid(tabs_by_uid), r), churned,
+              "in flight:", {k: r.zcard(k) for k in r.scan_iter("rm:inflight:*:*")})
+    try:
+        wait_settled(r)
+    finally:
+        for k in r.scan_iter("rm:inflight:*:*"):
+            print("STALE", k, r.zrange(k, 0, -1, withscores=True))
+        print("LOG", server.log_path)
+    counts = account(stream, received_by_uid(tabs_by_uid), r)
+    print("churn:", counts, churned)
+    assert counts["sent"] == 20_000 and counts["lost"] == 0
+    assert counts["received"] == 20_000
+    for tabs in tabs_by_uid.values():
+        for tab in tabs:
+            tab.close()
+
+
+def test_kill_9_during_heavy_delivery_then_restart(make_server, r):
+    server = make_server(log_level="warning")
+    uids = [f"k{i}" for i in range(50)]
+    tabs = connect_all(server.url, uids)
+    stream = Stream(r, uids)
+    stop = threading.Event()
+    publisher = threading.Thread(target=stream.publish, args=(1_000_000, 3000), kwargs={"stop": stop})
+    publisher.start()
+    wait_until(lambda: stream.sent >= 3000, 20, "3,000 messages")
+    server.kill()
+    at_kill = stream.sent
+    wait_until(lambda: stream.unseen >= 100, 10, "PUBLISHes that no one saw")
+    server.start()
+    wait_until(lambda: stream.sent >= at_kill + 2000, 20, "2,000 messages after the restart")
+    stop.set()
+    publisher.join(10)
+    first = dict(tabs)
+    again = connect_all(server.url, uids)
+    owed = stream.sent
+
+    def all_there():
+        got = received_by_uid({u: [first[u], again[u]] for u in uids})
+        return sum(len(set(v)) for v in got.values()) >= owed
+
+    wait_until(all_there, 60, f"{owed} distinct deliveries")
+    wait_settled(r)
+    counts = account(stream, received_by_uid({u: [first[u], again[u]] for u in uids}), r)
+    print("kill -9 under load:", counts)
+    assert counts["lost"] == 0
+    for tab in list(first.values()) + list(again.values()):
+        tab.close()
