@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Protocol
 
 import redis
 
 from . import envelope, names
-from .envelope import Envelope
+from .envelope import Message
 from .metrics import Metrics
 from .registry import Conn, Pending, Registry, User
 from .store import Store
@@ -33,8 +33,8 @@ SETTLE_EVERY = 0.005  # seconds acks are gathered before one round trip clears t
 class Transport(Protocol):
     """What the dispatcher needs from the socket layer."""
 
-    def send(self, conn: Conn, env: Envelope, bubble: bool, callback: Callable[..., None] | None) -> bool:
-        """Queue `env` for the socket; False if the socket has too much unwritten already."""
+    def send(self, conn: Conn, msg: Message, bubble: bool, callback: Callable[..., None] | None) -> bool:
+        """Queue `msg` for the socket; False if the socket has too much unwritten already."""
 
     def disconnect(self, conn: Conn) -> None: ...
 
@@ -85,103 +85,140 @@ class Dispatcher:
     ### From Redis ###
 
     def route(self, channel: str, data: bytes) -> None:
-        """Deliver or queue one PUBLISH; never raises, so the listener keeps going."""
-        self.metrics.received.inc()
+        """Deliver or queue one PUBLISH."""
+        self.route_batch([(channel, data)])
+
+    def route_batch(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Deliver or queue PUBLISHes in the order Redis sent them; never raises.
+
+        A batch is what the subscription had ready at once: its Redis writes (queue
+        appends, in-flight records) go in one round trip, before anything is sent.
+        """
         started = time.perf_counter()
+        self.metrics.received.inc(len(items))
         try:
-            target = names.parse_channel(channel)
-            if target is None:
-                log.warning("Ignoring message on %s: not a user or group channel with a valid id",
-                            channel[:300])
-                self.metrics.invalid.labels("channel").inc()
-                return
-            if len(data) > self.max_payload:
-                log.warning("Dropping message on %s: %d bytes is over max_payload (%d)",
-                            channel, len(data), self.max_payload)
-                self.metrics.invalid.labels("too_large").inc()
-                return
-            log.info("New message from channel %s", channel)
-            env = envelope.make(channel, data)
-            kind, ident = target
-            if kind == "user":
-                self.deliver(ident, env)
-                self.metrics.latency.observe(time.perf_counter() - started)
-                return
-            members = retrying(
-                f"reading members of group {ident}",
-                lambda: self.store.redis.smembers(names.group_members_key(ident)),
-            )
-            for raw in sorted(members):
-                uid = raw.decode("utf-8", "replace")
-                if names.valid_id(uid):
-                    self.deliver(uid, env)
+            accepted: list[tuple[tuple[str, str], Message]] = []
+            for channel, data in items:
+                target = self._accept(channel, data)
+                if target is not None:
+                    accepted.append((target, Message(envelope.make(channel, data))))
+            groups = {ident for (kind, ident), _ in accepted if kind == "group"}
+            members = self._members(groups) if groups else {}
+            plan: list[tuple[str, Message]] = []
+            for (kind, ident), msg in accepted:
+                if kind == "user":
+                    plan.append((ident, msg))
                 else:
-                    log.warning("Group %s has an invalid member %r; skipped", ident, uid[:80])
-            self.metrics.latency.observe(time.perf_counter() - started)
+                    plan.extend((uid, msg) for uid in members[ident])
+            self._deliver(plan)
+            elapsed = time.perf_counter() - started
+            for _ in accepted:
+                self.metrics.latency.observe(elapsed)
         except Exception:
-            log.exception("Failed to route a message from %s", channel[:300])
+            log.exception("Failed to route %d messages", len(items))
 
-    def deliver(self, uid: str, env: Envelope) -> None:
-        """Send `env` to `uid`'s sockets, or queue it if they have none or are draining."""
-        with self.registry.user_lock(uid):
-            user = self.registry.user(uid)
-            if user is None or not user.conns:
-                log.info("Client is not online, queueing message in Redis (%s)", names.queue_key(uid))
-                self._queue(uid, env)
-            elif user.draining:
-                # Behind the queue being drained, so that it keeps its place in line.
-                self._queue(uid, env)
-            else:
-                self._send(user, env, envelope.dumps(env), tracked=False)
+    def _accept(self, channel: str, data: bytes) -> tuple[str, str] | None:
+        target = names.parse_channel(channel)
+        if target is None:
+            log.warning("Ignoring message on %s: not a user or group channel with a valid id",
+                        channel[:300])
+            self.metrics.invalid.labels("channel").inc()
+            return None
+        if len(data) > self.max_payload:
+            log.warning("Dropping message on %s: %d bytes is over max_payload (%d)",
+                        channel, len(data), self.max_payload)
+            self.metrics.invalid.labels("too_large").inc()
+            return None
+        log.info("New message from channel %s", channel)
+        return target
 
-    def _queue(self, uid: str, env: Envelope) -> None:
-        cut = retrying(
-            f"queueing for {uid}", lambda: self.store.append(uid, envelope.dumps(env))
-        )
-        self.metrics.queued.inc()
-        for raw in cut:
-            self.metrics.trimmed.inc()
-            log.warning(
-                "%s: queue is over max_queue_length, dropping its oldest message '%s'",
-                uid, envelope.preview(envelope.loads(raw)),
-            )
+    def _members(self, groups: set[str]) -> dict[str, list[str]]:
+        order = sorted(groups)
+
+        def read() -> list[set[bytes]]:
+            pipe = self.store.redis.pipeline(transaction=False)
+            for cid in order:
+                pipe.smembers(names.group_members_key(cid))
+            return pipe.execute()
+
+        members: dict[str, list[str]] = {}
+        for cid, raw in zip(order, retrying("reading group members", read), strict=True):
+            uids = []
+            for item in sorted(raw):
+                uid = item.decode("utf-8", "replace")
+                if names.valid_id(uid):
+                    uids.append(uid)
+                else:
+                    log.warning("Group %s has an invalid member %r; skipped", cid, uid[:80])
+            members[cid] = uids
+        return members
+
+    def _deliver(self, plan: list[tuple[str, Message]]) -> None:
+        """Send each (uid, message) to the user's sockets, or queue it (SPEC §5 rules 1-2).
+
+        The uids' locks are held from the decision until the message is written or
+        queued, so that an identify cannot slip in between and miss it.
+        """
+        locks = [self.registry.user_lock(uid) for uid, _ in plan]
+        for lock in locks:
+            lock.acquire()
+        try:
+            writes = self.store.writes()
+            sends: list[tuple[User, Message, bool]] = []
+            queued: list[tuple[str, Message]] = []
+            for uid, msg in plan:
+                user = self.registry.user(uid)
+                if user is None or not user.conns or user.draining:
+                    # While a drain runs, live messages queue behind it to keep their place.
+                    if user is None or not user.conns:
+                        log.info("Client is not online, queueing message in Redis (%s)",
+                                 names.queue_key(uid))
+                    writes.append(uid, msg.stored)
+                    queued.append((uid, msg))
+                    continue
+                # With only ack-mode sockets, a message is delivered once acknowledged, so
+                # it is recorded in flight before it is sent; written to a socket that
+                # does not acknowledge, it is delivered.
+                acked_only = all(c.ack for c in user.conns)
+                if acked_only:
+                    writes.track(uid, msg.stored)
+                sends.append((user, msg, acked_only))
+            cut = retrying("writing to Redis", writes.execute) if writes else []
+            for (uid, _), dropped in zip(queued, cut, strict=True):
+                self.metrics.queued.inc()
+                for raw in dropped:
+                    self.metrics.trimmed.inc()
+                    log.warning("%s: queue is over max_queue_length, dropping its oldest message '%s'",
+                                uid, envelope.preview(envelope.loads(raw)))
+            for user, msg, acked_only in sends:
+                self._send(user, msg, pending=acked_only)
+        finally:
+            for lock in reversed(locks):
+                lock.release()
 
     ### To sockets ###
 
-    def _send(self, user: User, env: Envelope, stored: str, tracked: bool) -> None:
+    def _send(self, user: User, msg: Message, pending: bool) -> None:
         """Send to every open socket of `user` (their lock held).
 
-        With an ack-mode socket alone, the message is delivered only once acknowledged, so
-        it stays in flight in Redis until then; once it is written to a socket that does not
-        acknowledge, it is delivered.
+        `pending`: the message waits for an ack in `user.pending` (it is in flight in
+        Redis already); otherwise it counts as delivered once written.
         """
         conns = list(user.conns)
-        msg_id = env["id"]
-        if all(c.ack for c in conns):
-            if not tracked:
-                try:
-                    self.store.track(user.uid, stored)
-                except redis.RedisError as exc:
-                    # Still deliverable; if it is not acknowledged it is recommitted all
-                    # the same, since `recommit` pushes what it is given.
-                    log.warning("%s: could not record message %s in flight: %s", user.uid, msg_id, exc)
-            user.pending[msg_id] = Pending(env, stored, {c.sid for c in conns})
-            delivered = False
-        else:
-            delivered = True
+        if pending:
+            user.pending[msg.id] = Pending(msg, {c.sid for c in conns})
         if log.isEnabledFor(logging.INFO):
-            log.info("%s: Sending message '%s' from %s", user.uid, envelope.preview(env), env["source"])
+            log.info("%s: Sending message '%s' from %s",
+                     user.uid, envelope.preview(msg.envelope), msg.envelope["source"])
         first = conns[0]
         for conn in conns:
-            self._write(user, conn, env, conn is first)
-        if delivered:
+            self._write(user, conn, msg, conn is first)
+        if not pending:
             self.metrics.delivered.inc()
-            if tracked:
-                self._settle(user.uid, [stored])
 
-    def _write(self, user: User, conn: Conn, env: Envelope, bubble: bool) -> None:
-        callback = partial(self.acked, user.uid, conn.sid, env["id"]) if conn.ack else None
-        if not self.transport.send(conn, env, bubble, callback) and conn.uid is not None:
+    def _write(self, user: User, conn: Conn, msg: Message, bubble: bool) -> None:
+        callback = partial(self.acked, user.uid, conn.sid, msg.id) if conn.ack else None
+        if not self.transport.send(conn, msg, bubble, callback) and conn.uid is not None:
             # A client that stopped reading must not hold the others up, nor grow our
             # memory without bound: close it, and what it held goes back to the queue.
             log.warning("%s: socket %s is not reading its messages; closing it", user.uid, conn.address)
@@ -197,7 +234,7 @@ class Dispatcher:
             if pending is None:
                 return  # already acknowledged by another tab, or replayed and known
             self.metrics.delivered.inc()
-            self._settle(uid, [pending.stored])
+            self._settle(uid, [pending.message.stored])
             if user.draining:
                 user.drain_wakeup.set()
             self.registry.forget_if_idle(user)
@@ -264,18 +301,18 @@ class Dispatcher:
         Unacknowledged messages the other tabs hold come first (all older than the drain,
         since live messages are queued while one runs), then what the running drain sent.
         """
-        drained = {e["id"] for e in user.drain_log}
-        older = [p.envelope for p in user.pending.values() if p.envelope["id"] not in drained]
-        for env in older + user.drain_log:
-            pending = user.pending.get(env["id"])
+        drained = {m.id for m in user.drain_log}
+        older = [p.message for p in user.pending.values() if p.message.id not in drained]
+        for msg in older + user.drain_log:
+            pending = user.pending.get(msg.id)
             if pending is not None:
                 if conn.ack:
                     pending.waiting.add(conn.sid)
                 else:
-                    del user.pending[env["id"]]
+                    del user.pending[msg.id]
                     self.metrics.delivered.inc()
-                    self._settle(user.uid, [pending.stored])
-            self._write(user, conn, env, conn is user.conns[0])
+                    self._settle(user.uid, [msg.stored])
+            self._write(user, conn, msg, conn is user.conns[0])
 
     def _drain(self, user: User) -> None:
         uid = user.uid
@@ -308,16 +345,22 @@ class Dispatcher:
 
     def _send_drained(self, user: User, batch: list[bytes]) -> set[str]:
         waiting = set()
+        acked_only = all(c.ack for c in user.conns)
+        delivered = []
         for raw in batch:
-            stored = raw.decode("utf-8")
-            env = envelope.loads(stored)
+            msg = Message.from_stored(raw.decode("utf-8"))
             self.metrics.drained.inc()
             if log.isEnabledFor(logging.INFO):
-                log.info("%s: Purging message '%s' from %s", user.uid, envelope.preview(env), env["source"])
-            user.drain_log.append(env)
-            self._send(user, env, stored, tracked=True)
-            if env["id"] in user.pending:
-                waiting.add(env["id"])
+                log.info("%s: Purging message '%s' from %s",
+                         user.uid, envelope.preview(msg.envelope), msg.envelope["source"])
+            user.drain_log.append(msg)
+            self._send(user, msg, pending=acked_only)
+            if acked_only:
+                waiting.add(msg.id)
+            else:
+                delivered.append(msg.stored)
+        if delivered:
+            self._settle(user.uid, delivered)
         return waiting
 
     def _queued_count(self, uid: str, first_batch: int) -> int:
@@ -364,7 +407,7 @@ class Dispatcher:
                 if not pending.waiting:
                     orphans.append(pending)
             for pending in orphans:
-                del user.pending[pending.envelope["id"]]
+                del user.pending[pending.message.id]
             if orphans:
                 self.recommit(uid, orphans)
             if user.draining:
@@ -381,11 +424,11 @@ class Dispatcher:
             if log.isEnabledFor(logging.INFO):
                 log.info(
                     "%s: Client is no longer online, recommitting '%s' to %s queue.",
-                    uid, envelope.preview(pending.envelope), names.user_channel(uid),
+                    uid, envelope.preview(pending.message.envelope), names.user_channel(uid),
                 )
         retrying(
             f"recommitting for {uid}",
-            lambda: self.store.recommit(uid, [p.stored for p in orphans]),
+            lambda: self.store.recommit(uid, [p.message.stored for p in orphans]),
         )
         self.metrics.recommitted.inc(len(orphans))
 

@@ -60,3 +60,34 @@ def preview(envelope: Envelope, limit: int = 80) -> str:
         text = "<binary, base64>"
     text = text.replace("\n", "\\n").replace("\r", "\\r")
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class Message:
+    """One envelope on its way: as stored in Redis, and as written to sockets.
+
+    The JSON kept in the queue is made once per message; the two frames a socket can get
+    (bubble true or false) are that JSON with one more field, made once and shared by
+    every socket and every member of a group.
+    """
+
+    __slots__ = ("envelope", "stored", "_frames")
+
+    def __init__(self, env: Envelope, stored: str | None = None) -> None:
+        self.envelope = env
+        self.stored = dumps(env) if stored is None else stored
+        self._frames: tuple[str, str] | None = None
+
+    @classmethod
+    def from_stored(cls, stored: str) -> Message:
+        return cls(loads(stored), stored)
+
+    @property
+    def id(self) -> str:
+        return self.envelope["id"]
+
+    def frame(self, bubble: bool) -> str:
+        """The Socket.IO event arguments: `["message",{...,"bubble":…}]`."""
+        if self._frames is None:
+            head = '["message",' + self.stored[:-1]
+            self._frames = (head + ',"bubble":false}]', head + ',"bubble":true}]')
+        return self._frames[bubble]

@@ -8,11 +8,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
+from engineio import packet as eio_packet
 from flask import request
 from flask_socketio import SocketIO
 
 from . import names
-from .envelope import Envelope
+from .envelope import Message
 from .ratelimit import FailureLimiter
 from .registry import Conn, ConnLimitError
 
@@ -67,22 +68,26 @@ class SocketTransport:
         self.socketio = socketio
         self.namespace = namespace
         self.max_buffered = max_buffered
+        self._prefix = f"2{namespace},"  # a Socket.IO EVENT packet in our namespace
 
     def send(
-        self, conn: Conn, env: Envelope, bubble: bool, callback: Callable[..., None] | None
+        self, conn: Conn, msg: Message, bubble: bool, callback: Callable[..., None] | None
     ) -> bool:
+        """Write one `message` event, encoded once per message rather than once per socket.
+
+        This is `emit` without its per-call packet building and JSON encoding: the frame
+        comes ready from `msg`, and only the ack id differs between sockets. It leans on
+        python-socketio's ack registry and Engine.IO's socket table (versions pinned in
+        requirements.txt; the socket tests cover both).
+        """
         server = self.socketio.server
         eio_socket = server.eio.sockets.get(conn.eio_sid)
-        if eio_socket is not None and eio_socket.queue.qsize() >= self.max_buffered:
+        if eio_socket is None or eio_socket.closed:
+            return True  # gone already: its disconnect handler gives back what it held
+        if eio_socket.queue.qsize() >= self.max_buffered:
             return False
-        try:
-            server.emit(
-                "message", {**env, "bubble": bubble}, to=conn.sid,
-                namespace=self.namespace, callback=callback,
-            )
-        except Exception:
-            # The socket went away under us; its disconnect handler recommits.
-            log.debug("emit to %s failed", conn.sid, exc_info=True)
+        ack = str(server.manager._generate_ack_id(conn.sid, callback)) if callback else ""
+        eio_socket.send(eio_packet.Packet(eio_packet.MESSAGE, self._prefix + ack + msg.frame(bubble)))
         return True
 
     def disconnect(self, conn: Conn) -> None:

@@ -14,7 +14,8 @@ from . import names
 log = logging.getLogger("rm_flask")
 
 BACKOFF_FIRST = 0.1
-BACKOFF_MAX = 5.0
+BACKOFF_MAX = 2.0
+MAX_BATCH = 500  # messages handled together at most, to bound latency and memory
 
 
 class Listener:
@@ -31,12 +32,12 @@ class Listener:
         self,
         client: redis.Redis,
         server_id: str,
-        on_message: Callable[[str, bytes], None],
+        on_messages: Callable[[list[tuple[str, bytes]]], None],
         on_reconnect: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
         self.control = names.control_channel(server_id)
-        self.on_message = on_message
+        self.on_messages = on_messages
         self.on_reconnect = on_reconnect
         self.subscribed = False
         self.last_pong = 0.0
@@ -55,15 +56,24 @@ class Listener:
                 pubsub.psubscribe(names.PATTERN)
                 pubsub.subscribe(self.control)
                 for message in pubsub.listen():
-                    self.last_received = time.monotonic()
-                    kind = message["type"]
-                    if kind == "pmessage":
-                        self.on_message(message["channel"].decode("utf-8", "replace"), message["data"])
-                    elif kind == "message":
-                        self.last_pong = time.monotonic()
-                    elif kind == "subscribe":
-                        self._on_subscribed(down_since)
-                        down_since, backoff = None, BACKOFF_FIRST
+                    # Take what else Redis already sent along with it, so that the batch
+                    # shares its round trips (more under load, one message when quiet).
+                    batch: list[tuple[str, bytes]] = []
+                    while message is not None:
+                        self.last_received = time.monotonic()
+                        kind = message["type"]
+                        if kind == "pmessage":
+                            batch.append((message["channel"].decode("utf-8", "replace"), message["data"]))
+                        elif kind == "message":
+                            self.last_pong = self.last_received
+                        elif kind == "subscribe":
+                            self._on_subscribed(down_since)
+                            down_since, backoff = None, BACKOFF_FIRST
+                        if len(batch) >= MAX_BATCH:
+                            break
+                        message = pubsub.get_message(timeout=0.0)
+                    if batch:
+                        self.on_messages(batch)
                     if self.stopped.is_set():
                         break
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:

@@ -13,7 +13,8 @@ import time
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+
+from .envelope import Message
 
 _STRIPES = 1024
 
@@ -35,9 +36,8 @@ class Conn:
 class Pending:
     """A message sent to ack-mode sockets and not yet acknowledged by any of them."""
 
-    envelope: dict[str, Any]
-    stored: str
-    waiting: set[str]
+    message: Message
+    waiting: set[str]  # sids it was sent to that may still acknowledge it
     sent_at: float = field(default_factory=time.monotonic)
 
 
@@ -50,7 +50,7 @@ class User:
     # While a drain runs, live messages for the user are queued behind it, and sockets that
     # identify meanwhile are first sent what the drain already sent.
     draining: bool = False
-    drain_log: list[dict[str, Any]] = field(default_factory=list)
+    drain_log: list[Message] = field(default_factory=list)
     drain_wakeup: threading.Event = field(default_factory=threading.Event)
 
 

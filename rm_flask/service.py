@@ -72,7 +72,7 @@ class Service:
             max_payload=config.max_payload,
         )
         self.listener = Listener(
-            self.pubsub_redis, self.server_id, self.dispatcher.route,
+            self.pubsub_redis, self.server_id, self.dispatcher.route_batch,
             on_reconnect=self.metrics.redis_reconnects.inc,
         )
         self._started = False

@@ -124,14 +124,11 @@ class Store:
             args=[count, start, uid],
         )
 
-    ### In flight ###
+    def writes(self) -> Writes:
+        """Gather queue appends and in-flight records to send in one round trip."""
+        return Writes(self)
 
-    def track(self, uid: str, stored: str) -> None:
-        """Record a live message as in flight before it is sent to an ack-mode socket."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.zadd(names.inflight_key(self.server_id, uid), {stored: self._next_scores(1)})
-        pipe.sadd(names.inflight_users_key(self.server_id), uid)
-        pipe.execute()
+    ### In flight ###
 
     def settle(self, uid: str, stored: Iterable[str | bytes]) -> None:
         """Forget in-flight messages that were delivered."""
@@ -181,3 +178,44 @@ class Store:
             first = self._score + 1
             self._score += count
         return first
+
+
+class Writes:
+    """Appends and in-flight records of a batch of messages, in one MULTI/EXEC.
+
+    One transaction, so that a retry after a dropped connection cannot append twice.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._ops: list[tuple[bool, str, str]] = []  # (is_append, uid, stored)
+
+    def __bool__(self) -> bool:
+        return bool(self._ops)
+
+    def append(self, uid: str, stored: str) -> None:
+        self._ops.append((True, uid, stored))
+
+    def track(self, uid: str, stored: str) -> None:
+        self._ops.append((False, uid, stored))
+
+    def execute(self) -> list[list[bytes]]:
+        """Run them; for each append, in order, what `max_queue_length` cut."""
+        store = self.store
+        pipe = store.redis.pipeline(transaction=True)
+        index = names.inflight_users_key(store.server_id)
+        tracked: set[str] = set()
+        for is_append, uid, stored in self._ops:
+            if is_append:
+                store._append(
+                    keys=[names.queue_key(uid)],
+                    args=[stored, store.queue_expiry, store.max_queue_length],
+                    client=pipe,
+                )
+            else:
+                pipe.zadd(names.inflight_key(store.server_id, uid), {stored: store._next_scores(1)})
+                tracked.add(uid)
+        if tracked:
+            pipe.sadd(index, *tracked)
+        results = pipe.execute()
+        return [r for (is_append, _, _), r in zip(self._ops, results, strict=False) if is_append]

@@ -52,7 +52,9 @@ def test_recommit_all_gives_a_dead_servers_messages_back(r):
         dead.append("b", item(n))
     dead.claim("a", 2)
     dead.claim("b", 4)
-    dead.track("b", item(99))
+    writes = dead.writes()
+    writes.track("b", item(99))
+    writes.execute()
     survivor = Store(r, "alive", queue_expiry=100, max_queue_length=100)
     assert survivor.recommit_all("dead") == {"a": 2, "b": 5}
     assert payloads(r.lrange("rm:users:a:messages", 0, -1)) == [0, 1, 2, 3]

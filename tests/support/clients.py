@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import engineio
 import socketio
 from socketio import packet
 
@@ -13,10 +14,23 @@ from .processes import wait_until
 NAMESPACE = "/rm"
 
 
+class _OrderedEngineIO(engineio.Client):
+    """engineio's client runs each message's handler in a thread of its own, so handlers
+    can see messages out of the order they arrived in; this one handles them in order."""
+
+    def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        if event == "message":
+            kwargs["run_async"] = False
+        return super()._trigger_event(event, *args, **kwargs)
+
+
 class _Client(socketio.Client):
     """python-socketio's client always acknowledges; this one can hold acks back."""
 
     hold_ack: Any = None  # called with each outgoing ACK packet; True drops it
+
+    def _engineio_client_class(self) -> type[engineio.Client]:
+        return _OrderedEngineIO
 
     def _send_packet(self, pkt: Any) -> None:
         if pkt.packet_type == packet.ACK and self.hold_ack is not None and self.hold_ack(pkt):
