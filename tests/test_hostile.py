@@ -351,11 +351,12 @@ def test_no_uid_reaches_outside_its_own_redis_keys(make_server, r):
         assert tabs[name].identify(name) == {"ok": True, "uid": name}
     for name in everyone:
         assert r.publish(f"rm.users.{name}", f"for {name}") == 1
+    # Published after everything else: a misrouted copy would arrive before it (SPEC §5 rule 6).
+    for name in everyone:
+        assert r.publish(f"rm.users.{name}", "end") == 1
     for name, tab in tabs.items():
-        tab.wait_for(1)
-    time.sleep(0.3)  # any misrouted copy would have arrived by now, right behind the right one
-    for name, tab in tabs.items():
-        assert tab.payloads() == [f"for {name}"], name
+        tab.wait_for(2)
+        assert tab.payloads() == [f"for {name}", "end"], name
         tab.close()
     wait_until(lambda: server.health()[1]["connections"] == 0, 5, "every tab to be gone")
     for name in everyone:
@@ -371,8 +372,9 @@ def test_no_uid_reaches_outside_its_own_redis_keys(make_server, r):
         tab = RMClient(server.url).connect()
         assert tab.identify(name) == {"ok": True, "uid": name}
         tab.wait_for(1)
-        time.sleep(0.2)
-        assert tab.payloads() == [f"later for {name}"]
+        assert r.publish(f"rm.users.{name}", "end") == 1
+        tab.wait_for(2)
+        assert tab.payloads() == [f"later for {name}", "end"]
         tab.close()
     assert r.llen("rm:users:user1:messages") == 1 and r.llen("rm:users:user12:messages") == 1
 
