@@ -159,7 +159,7 @@ class Dispatcher:
         The uids' locks are held from the decision until the message is written or
         queued, so that an identify cannot slip in between and miss it.
         """
-        locks = [self.registry.user_lock(uid) for uid, _ in plan]
+        locks = list({id(lock): lock for lock in map(self.registry.user_lock, (u for u, _ in plan))}.values())
         for lock in locks:
             lock.acquire()
         try:
@@ -227,16 +227,21 @@ class Dispatcher:
             self.transport.disconnect(conn)
 
     def acked(self, uid: str, sid: str, msg_id: str, *_: Any) -> None:
-        """A socket acknowledged a message: it is delivered, for every socket of the user."""
-        with self.registry.user_lock(uid):
-            user = self.registry.user(uid)
-            pending = user.pending.pop(msg_id, None) if user else None
-            if pending is None:
-                return  # already acknowledged by another tab, or replayed and known
-            self.metrics.delivered.inc()
-            self._settle(uid, [pending.message.stored])
-            if user.draining:
-                user.drain_wakeup.set()
+        """A socket acknowledged a message: it is delivered, for every socket of the user.
+
+        Takes no user lock: this runs for every message, and the only state it changes
+        is one `pop`, which is atomic; everything else is deferred (`_settle`). Waiting
+        here for the listener's round trip to Redis would stall every socket's acks.
+        """
+        user = self.registry.user(uid)
+        pending = user.pending.pop(msg_id, None) if user else None
+        if pending is None:
+            return  # already acknowledged by another tab, or given back already
+        self.metrics.delivered.inc()
+        self._settle(uid, [pending.message.stored])
+        if user.draining:
+            user.drain_wakeup.set()
+        if not user.conns:
             self.registry.forget_if_idle(user)
 
     def _settle(self, uid: str, stored: list[str]) -> None:
@@ -247,7 +252,8 @@ class Dispatcher:
         """
         with self._settle_lock:
             self._to_settle.setdefault(uid, []).extend(stored)
-        self._settle_wakeup.set()
+        if not self._settle_wakeup.is_set():
+            self._settle_wakeup.set()
 
     def settle_loop(self, stopped: threading.Event) -> None:
         while not stopped.is_set():
@@ -402,12 +408,12 @@ class Dispatcher:
             if user is None:
                 return
             orphans: list[Pending] = []
-            for pending in user.pending.values():
+            for pending in list(user.pending.values()):
                 pending.waiting.discard(conn.sid)
-                if not pending.waiting:
+                # Popped, not just read: an ack racing in now must find it gone, or both
+                # the ack and the recommit would count it.
+                if not pending.waiting and user.pending.pop(pending.message.id, None) is not None:
                     orphans.append(pending)
-            for pending in orphans:
-                del user.pending[pending.message.id]
             if orphans:
                 self.recommit(uid, orphans)
             if user.draining:

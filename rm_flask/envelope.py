@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import time
+from json.encoder import encode_basestring as _quote
 from typing import Any
 
 Envelope = dict[str, Any]
@@ -40,9 +41,18 @@ def make(source: str, data: bytes | str, timestamp_ms: int | None = None) -> Env
 
 
 def dumps(envelope: Envelope) -> str:
-    """Encode for the queue; `bubble` is left out, as it depends on the receiving socket."""
-    stored = {k: v for k, v in envelope.items() if k != "bubble"}
-    return json.dumps(stored, ensure_ascii=False, separators=(",", ":"))
+    """Encode for the queue; `bubble` is left out, as it depends on the receiving socket.
+
+    Written out by hand, as this runs for every message: the fields are fixed, and
+    `encode_basestring` (json's C string quoting) does the escaping.
+    """
+    text = (
+        f'{{"id":{_quote(envelope["id"])},"source":{_quote(envelope["source"])},'
+        f'"timestamp":{int(envelope["timestamp"])},"payload":{_quote(envelope["payload"])}'
+    )
+    if "encoding" in envelope:
+        text += f',"encoding":{_quote(envelope["encoding"])}'
+    return text + "}"
 
 
 def loads(raw: bytes | str) -> Envelope:

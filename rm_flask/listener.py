@@ -45,10 +45,10 @@ class Listener:
         self.stopped = threading.Event()
         self._pubsub: redis.client.PubSub | None = None
         self._connections = 0
+        self._down_since: float | None = None  # when the subscription was lost, if it is
 
     def run(self) -> None:
         backoff = BACKOFF_FIRST
-        down_since: float | None = None
         while not self.stopped.is_set():
             pubsub = self.client.pubsub()
             self._pubsub = pubsub
@@ -56,35 +56,31 @@ class Listener:
                 pubsub.psubscribe(names.PATTERN)
                 pubsub.subscribe(self.control)
                 for message in pubsub.listen():
+                    batch: list[tuple[str, bytes]] = []
+                    if self._take(message, batch):
+                        backoff = BACKOFF_FIRST
                     # Take what else Redis already sent along with it, so that the batch
                     # shares its round trips (more under load, one message when quiet).
-                    batch: list[tuple[str, bytes]] = []
-                    while message is not None:
-                        self.last_received = time.monotonic()
-                        kind = message["type"]
-                        if kind == "pmessage":
-                            batch.append((message["channel"].decode("utf-8", "replace"), message["data"]))
-                        elif kind == "message":
-                            self.last_pong = self.last_received
-                        elif kind == "subscribe":
-                            self._on_subscribed(down_since)
-                            down_since, backoff = None, BACKOFF_FIRST
-                        if len(batch) >= MAX_BATCH:
-                            break
-                        message = pubsub.get_message(timeout=0.0)
+                    # Not get_message(timeout=0): given half a reply, it times out
+                    # reading the rest and the connection, with its backlog, is lost.
+                    while len(batch) < MAX_BATCH and pubsub.connection.can_read(timeout=0):
+                        response = pubsub.parse_response(block=True)
+                        more = pubsub.handle_message(response) if response else None
+                        if more is not None and self._take(more, batch):
+                            backoff = BACKOFF_FIRST
                     if batch:
                         self.on_messages(batch)
                     if self.stopped.is_set():
                         break
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                if self.subscribed or down_since is None:
+                if self.subscribed or self._down_since is None:
                     log.error("Lost the Redis subscription (%s); reconnecting", exc)
-                    down_since = time.monotonic()
+                    self._down_since = time.monotonic()
                 self.subscribed = False
             except Exception:
                 log.exception("Redis listener failed; reconnecting")
                 self.subscribed = False
-                down_since = down_since or time.monotonic()
+                self._down_since = self._down_since or time.monotonic()
             finally:
                 try:
                     pubsub.close()
@@ -93,6 +89,20 @@ class Listener:
             if not self.stopped.is_set():
                 self.stopped.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _take(self, message: dict, batch: list[tuple[str, bytes]]) -> bool:
+        """Sort one pub/sub message; True when it completes a (re)subscription."""
+        self.last_received = time.monotonic()
+        kind = message["type"]
+        if kind == "pmessage":
+            batch.append((message["channel"].decode("utf-8", "replace"), message["data"]))
+        elif kind == "message":
+            self.last_pong = self.last_received
+        elif kind == "subscribe":
+            self._on_subscribed(self._down_since)
+            self._down_since = None
+            return True
+        return False
 
     def _on_subscribed(self, down_since: float | None) -> None:
         self.subscribed = True

@@ -17,17 +17,27 @@ import redis
 
 from . import names
 
-# Append, refresh the TTL and cut the oldest past the cap as one step: done apart, two
-# servers appending at once could each cut the other's message, and a crash between the
-# RPUSH and the EXPIRE would leave a queue that never expires.
-_APPEND = """
-local n = redis.call('RPUSH', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-local cap = tonumber(ARGV[3])
-if n > cap then
-  return redis.call('LPOP', KEYS[1], n - cap)
+# A batch of writes in one step: queue appends (with the TTL refreshed and the oldest cut
+# past the cap) and in-flight records. Atomic, so that two servers appending at once
+# cannot cut each other's messages, a crash cannot leave a queue without its TTL, and a
+# retry after a lost reply cannot half-repeat a batch.
+# KEYS: one list or sorted set per write, then the server's in-flight index.
+# ARGV: the TTL, the cap, then per write: "q" or "f", the envelope, its score, the uid.
+_WRITE = """
+local ttl, cap, index = ARGV[1], tonumber(ARGV[2]), KEYS[#KEYS]
+local cut = {}
+for i = 1, #KEYS - 1 do
+  local at = 3 + (i - 1) * 4
+  if ARGV[at] == 'q' then
+    local n = redis.call('RPUSH', KEYS[i], ARGV[at + 1])
+    redis.call('EXPIRE', KEYS[i], ttl)
+    if n > cap then cut[#cut + 1] = redis.call('LPOP', KEYS[i], n - cap) else cut[#cut + 1] = {} end
+  else
+    redis.call('ZADD', KEYS[i], ARGV[at + 2], ARGV[at + 1])
+    redis.call('SADD', index, ARGV[at + 3])
+  end
 end
-return {}
+return cut
 """
 
 # Move the first ARGV[1] messages of a queue into the server's in-flight set. Atomic so
@@ -92,7 +102,7 @@ class Store:
         self.server_id = server_id
         self.queue_expiry = queue_expiry
         self.max_queue_length = max_queue_length
-        self._append = client.register_script(_APPEND)
+        self._write = client.register_script(_WRITE)
         self._claim = client.register_script(_CLAIM)
         self._recommit = client.register_script(_RECOMMIT)
         self._settle = client.register_script(_SETTLE)
@@ -104,10 +114,9 @@ class Store:
 
     def append(self, uid: str, stored: str) -> list[bytes]:
         """Queue one envelope for `uid`; return the envelopes cut by `max_queue_length`."""
-        return self._append(
-            keys=[names.queue_key(uid)],
-            args=[stored, self.queue_expiry, self.max_queue_length],
-        )
+        writes = self.writes()
+        writes.append(uid, stored)
+        return writes.execute()[0]
 
     def queue_length(self, uid: str) -> int:
         return self.redis.llen(names.queue_key(uid))
@@ -181,41 +190,25 @@ class Store:
 
 
 class Writes:
-    """Appends and in-flight records of a batch of messages, in one MULTI/EXEC.
-
-    One transaction, so that a retry after a dropped connection cannot append twice.
-    """
+    """Queue appends and in-flight records of a batch of messages, sent as one script."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._ops: list[tuple[bool, str, str]] = []  # (is_append, uid, stored)
+        self._keys: list[str] = []
+        self._args: list[str | int] = [store.queue_expiry, store.max_queue_length]
 
     def __bool__(self) -> bool:
-        return bool(self._ops)
+        return bool(self._keys)
 
     def append(self, uid: str, stored: str) -> None:
-        self._ops.append((True, uid, stored))
+        self._keys.append(names.queue_key(uid))
+        self._args += ("q", stored, 0, uid)
 
     def track(self, uid: str, stored: str) -> None:
-        self._ops.append((False, uid, stored))
+        self._keys.append(names.inflight_key(self.store.server_id, uid))
+        self._args += ("f", stored, self.store._next_scores(1), uid)
 
     def execute(self) -> list[list[bytes]]:
         """Run them; for each append, in order, what `max_queue_length` cut."""
-        store = self.store
-        pipe = store.redis.pipeline(transaction=True)
-        index = names.inflight_users_key(store.server_id)
-        tracked: set[str] = set()
-        for is_append, uid, stored in self._ops:
-            if is_append:
-                store._append(
-                    keys=[names.queue_key(uid)],
-                    args=[stored, store.queue_expiry, store.max_queue_length],
-                    client=pipe,
-                )
-            else:
-                pipe.zadd(names.inflight_key(store.server_id, uid), {stored: store._next_scores(1)})
-                tracked.add(uid)
-        if tracked:
-            pipe.sadd(index, *tracked)
-        results = pipe.execute()
-        return [r for (is_append, _, _), r in zip(self._ops, results, strict=False) if is_append]
+        keys = [*self._keys, names.inflight_users_key(self.store.server_id)]
+        return self.store._write(keys=keys, args=self._args)

@@ -151,3 +151,16 @@ def test_reidentify_on_same_socket_takes_no_second_slot(server, clients, r, uid)
     r.publish(f"rm.users.{uid}", "queued for a")
     wait_until(lambda: r.llen(f"rm:users:{uid}:messages") == 1, 5, "a is offline now")
     assert tab.payloads()[-1] == "for b"
+
+
+def test_burst_of_large_payloads_keeps_the_subscription(server, clients, r, uid):
+    """A burst leaves half a reply in the socket; reading on must not drop the connection."""
+    tab = clients(server.url, uid)
+    payloads = [f"{i}:" + "x" * 100_000 for i in range(40)]
+    pipe = r.pipeline(transaction=False)
+    for p in payloads:
+        pipe.publish(f"rm.users.{uid}", p)
+    pipe.execute()
+    tab.wait_for(40)
+    assert tab.payloads() == payloads
+    assert "Lost the Redis subscription" not in server.log()
