@@ -81,9 +81,16 @@ return items
 
 # Forget delivered messages; drop the uid from the server's index once its set is empty,
 # in the same step, so the index never misses a uid that still has messages in flight.
+# KEYS: in-flight sets, then the server's index. ARGV: per set, its uid, how many members
+# follow, and the members.
 _SETTLE = """
-for i = 2, #ARGV do redis.call('ZREM', KEYS[1], ARGV[i]) end
-if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
+local index, at = KEYS[#KEYS], 1
+for i = 1, #KEYS - 1 do
+  local uid, n = ARGV[at], tonumber(ARGV[at + 1])
+  for j = at + 2, at + 1 + n do redis.call('ZREM', KEYS[i], ARGV[j]) end
+  if redis.call('EXISTS', KEYS[i]) == 0 then redis.call('SREM', index, uid) end
+  at = at + 2 + n
+end
 return 0
 """
 
@@ -144,13 +151,12 @@ class Store:
         self.settle_many({uid: list(stored)})
 
     def settle_many(self, by_uid: dict[str, list[str | bytes]]) -> None:
-        """`settle` for many users in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        index = names.inflight_users_key(self.server_id)
+        """`settle` for many users in one script call."""
+        keys = [names.inflight_key(self.server_id, uid) for uid in by_uid]
+        args: list[str | bytes | int] = []
         for uid, members in by_uid.items():
-            self._settle(keys=[names.inflight_key(self.server_id, uid), index], args=[uid, *members],
-                         client=pipe)
-        pipe.execute()
+            args += (uid, len(members), *members)
+        self._settle(keys=[*keys, names.inflight_users_key(self.server_id)], args=args)
 
     def recommit(self, uid: str, stored: Sequence[str | bytes]) -> list[bytes]:
         """Give undelivered in-flight messages back to the head of the queue, in order."""
