@@ -109,27 +109,16 @@ def _convert(key: str, value: Any, from_env: bool) -> Any:
         if from_env and isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
             return value.lower() in ("true", "1", "yes")
         raise bad
-    if kind is int:
-        if isinstance(value, bool):
-            raise bad
+    if kind in (int, float):
         if from_env and isinstance(value, str):
             try:
-                value = int(value)
+                value = kind(value)
             except ValueError:
                 raise bad from None
-        if not isinstance(value, int):
+        # bool is an int to Python, never to us; an int is a fine float.
+        if isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)):
             raise bad
-    elif kind is float:
-        if isinstance(value, bool):
-            raise bad
-        if from_env and isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise bad from None
-        if not isinstance(value, (int, float)):
-            raise bad
-        value = float(value)
+        value = kind(value)
     elif kind is list:
         if from_env and isinstance(value, str) and value.startswith("["):
             try:

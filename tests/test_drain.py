@@ -99,13 +99,18 @@ def server_id(server) -> str:
     return server.health()[1]["server"]
 
 
-def test_ack_client_dropping_after_10_of_1000_loses_nothing(server, clients, r, uid):
-    channel = f"rm.users.{uid}"
+def stall_after_10_of_1000(server, clients, r, uid):
+    """Queue 1,000, then identify a tab that acknowledges only the first 10."""
     expected = [f"m{i:04d}" for i in range(1000)]
-    publish_all(r, channel, expected)
+    publish_all(r, f"rm.users.{uid}", expected)
     wait_until(lambda: r.llen(f"rm:users:{uid}:messages") == 1000, 10, "1000 queued")
     stalling = clients(server.url, {"uid": uid, "ack": True}, ack_limit=10)
     stalling.wait_for(11)  # it has more than it acknowledged: the drain is mid-batch
+    return expected, stalling
+
+
+def test_ack_client_dropping_after_10_of_1000_loses_nothing(server, clients, r, uid):
+    expected, stalling = stall_after_10_of_1000(server, clients, r, uid)
     stalling.drop()
     # What it acknowledged is gone from Redis; the rest went back to the head, in order.
     wait_until(lambda: r.llen(f"rm:users:{uid}:messages") == 990, 10, "990 recommitted")

@@ -6,18 +6,12 @@ fixture: two servers on one Redis would each queue every offline message.
 
 from __future__ import annotations
 
-from tests.support.processes import wait_until
-from tests.test_drain import account, publish_all, queued
+from tests.test_drain import account, queued, stall_after_10_of_1000
 
 
 def test_kill_9_mid_drain_then_restart_loses_nothing(make_server, clients, r, uid):
     server = make_server()
-    channel = f"rm.users.{uid}"
-    expected = [f"m{i:04d}" for i in range(1000)]
-    publish_all(r, channel, expected)
-    wait_until(lambda: r.llen(f"rm:users:{uid}:messages") == 1000, 10, "1000 queued")
-    stalling = clients(server.url, {"uid": uid, "ack": True}, ack_limit=10)
-    stalling.wait_for(11)
+    expected, stalling = stall_after_10_of_1000(server, clients, r, uid)
     server.kill()
     in_redis = r.llen(f"rm:users:{uid}:messages") + sum(
         r.zcard(k) for k in r.scan_iter("rm:inflight:*:*") if k.count(b":") == 3
