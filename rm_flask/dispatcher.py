@@ -27,6 +27,7 @@ from .store import Store
 log = logging.getLogger("rm_flask")
 
 RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+LOG_RECOMMITS = 10  # recommits logged one by one per give-back; the rest as a count
 SETTLE_EVERY = 0.005  # seconds acks are gathered before one round trip clears them
 
 
@@ -168,9 +169,10 @@ class Dispatcher:
             queued: list[tuple[str, Message]] = []
             for uid, msg in plan:
                 user = self.registry.user(uid)
-                if user is None or not user.conns or user.draining:
+                live = user.live() if user else None
+                if not live or user.draining:
                     # While a drain runs, live messages queue behind it to keep their place.
-                    if user is None or not user.conns:
+                    if not live:
                         log.info("Client is not online, queueing message in Redis (%s)",
                                  names.queue_key(uid))
                     writes.append(uid, msg.stored)
@@ -179,7 +181,7 @@ class Dispatcher:
                 # With only ack-mode sockets, a message is delivered once acknowledged, so
                 # it is recorded in flight before it is sent; written to a socket that
                 # does not acknowledge, it is delivered.
-                acked_only = all(c.ack for c in user.conns)
+                acked_only = all(c.ack for c in live)
                 if acked_only:
                     writes.track(uid, msg.stored)
                 sends.append((user, msg, acked_only))
@@ -190,41 +192,63 @@ class Dispatcher:
                     self.metrics.trimmed.inc()
                     log.warning("%s: queue is over max_queue_length, dropping its oldest message '%s'",
                                 uid, envelope.preview(envelope.loads(raw)))
+            late = self.store.writes()
             for user, msg, acked_only in sends:
-                self._send(user, msg, pending=acked_only)
+                if not (user.live() and self._send(user, msg, pending=acked_only)):
+                    # Its last socket was cut off earlier in this batch: queue it, behind
+                    # what that socket held (which its close gives back to the head).
+                    late.append(user.uid, msg.stored, untrack=acked_only)
+            if late:
+                retrying("queueing for a socket that was cut off", late.execute)
         finally:
             for lock in reversed(locks):
                 lock.release()
 
     ### To sockets ###
 
-    def _send(self, user: User, msg: Message, pending: bool) -> None:
+    def _send(self, user: User, msg: Message, pending: bool) -> bool:
         """Send to every open socket of `user` (their lock held).
 
         `pending`: the message waits for an ack in `user.pending` (it is in flight in
-        Redis already); otherwise it counts as delivered once written.
+        Redis already), and a socket that goes away gives it back. Otherwise it counts as
+        delivered once written; False if no socket took it (all cut off for slowness).
         """
-        conns = list(user.conns)
+        conns = user.live()
         if pending:
             user.pending[msg.id] = Pending(msg, {c.sid for c in conns})
         if log.isEnabledFor(logging.INFO):
             log.info("%s: Sending message '%s' from %s",
                      user.uid, envelope.preview(msg.envelope), msg.envelope["source"])
         first = conns[0]
+        written = False
         for conn in conns:
-            self._write(user, conn, msg, conn is first)
-        if not pending:
+            written = self._write(user, conn, msg, conn is first) or written
+        if pending:
+            return True
+        if written:
             self.metrics.delivered.inc()
+        return written
 
-    def _write(self, user: User, conn: Conn, msg: Message, bubble: bool) -> None:
+    def _write(self, user: User, conn: Conn, msg: Message, bubble: bool) -> bool:
+        """Write `msg` to one socket; False if that socket is too slow and is cut off."""
         callback = partial(self.acked, user.uid, conn.sid, msg.id) if conn.ack else None
-        if not self.transport.send(conn, msg, bubble, callback) and conn.uid is not None:
-            # A client that stopped reading must not hold the others up, nor grow our
-            # memory without bound: close it, and what it held goes back to the queue.
-            log.warning("%s: socket %s is not reading its messages; closing it", user.uid, conn.address)
-            self.metrics.slow_closed.inc()
-            self.leave(conn)
-            self.transport.disconnect(conn)
+        if self.transport.send(conn, msg, bubble, callback):
+            return True
+        # Its buffer is full. Let its writer run once: a burst fills a healthy socket's
+        # buffer too, faster than its writer gets a turn.
+        time.sleep(0)
+        if conn.closing:
+            return False
+        if self.transport.send(conn, msg, bubble, callback):
+            return True
+        # A client that stopped reading must not hold the others up, nor grow our memory
+        # without bound: close it. Its disconnect gives back what it held, from a
+        # greenlet of its own, so that this batch goes on meanwhile.
+        log.warning("%s: socket %s is not reading its messages; closing it", user.uid, conn.address)
+        self.metrics.slow_closed.inc()
+        conn.closing = True
+        self.transport.disconnect(conn)
+        return False
 
     def acked(self, uid: str, sid: str, msg_id: str, *_: Any) -> None:
         """A socket acknowledged a message: it is delivered, for every socket of the user.
@@ -318,7 +342,7 @@ class Dispatcher:
                     del user.pending[msg.id]
                     self.metrics.delivered.inc()
                     self._settle(user.uid, [msg.stored])
-            self._write(user, conn, msg, conn is user.conns[0])
+            self._write(user, conn, msg, conn is user.live()[0])
 
     def _drain(self, user: User) -> None:
         uid = user.uid
@@ -326,14 +350,10 @@ class Dispatcher:
         announced = False
         while True:
             with lock:
-                if not user.conns:
+                if not user.live():
                     self._end_drain(user)
                     return
-                try:
-                    batch = self.store.claim(uid, self.drain_batch)
-                except redis.RedisError as exc:
-                    log.warning("%s: cannot read the queue yet (%s); retrying", uid, exc)
-                    batch = None
+                batch = None if user.returning else self._claim(uid)
                 if batch == []:
                     self._end_drain(user)
                     return
@@ -343,30 +363,44 @@ class Dispatcher:
                         log.info("%s has %d messages enqueued, purging!",
                                  names.user_channel(uid), self._queued_count(uid, len(batch)))
                     waiting = self._send_drained(user, batch)
-                    user.drain_wakeup.clear()
+                user.drain_wakeup.clear()
             if batch is None:
-                time.sleep(1)
+                # A give-back on its way to the head of the queue, or Redis away: wait.
+                user.drain_wakeup.wait(1.0)
                 continue
             self._await_acks(user, waiting)
 
+    def _claim(self, uid: str) -> list[bytes] | None:
+        try:
+            return self.store.claim(uid, self.drain_batch)
+        except redis.RedisError as exc:
+            log.warning("%s: cannot read the queue yet (%s); retrying", uid, exc)
+            return None
+
     def _send_drained(self, user: User, batch: list[bytes]) -> set[str]:
         waiting = set()
-        acked_only = all(c.ack for c in user.conns)
-        delivered = []
+        delivered, undelivered = [], []
         for raw in batch:
             msg = Message.from_stored(raw.decode("utf-8"))
+            live = user.live()
+            acked_only = all(c.ack for c in live)
+            if not live or not self._send(user, msg, pending=acked_only):
+                undelivered.append(msg.stored)  # every socket left or was cut off
+                continue
             self.metrics.drained.inc()
             if log.isEnabledFor(logging.INFO):
                 log.info("%s: Purging message '%s' from %s",
                          user.uid, envelope.preview(msg.envelope), msg.envelope["source"])
             user.drain_log.append(msg)
-            self._send(user, msg, pending=acked_only)
             if acked_only:
                 waiting.add(msg.id)
             else:
                 delivered.append(msg.stored)
         if delivered:
             self._settle(user.uid, delivered)
+        if undelivered:
+            # Still the head of the queue: back where they came from, in order.
+            retrying(f"recommitting for {user.uid}", lambda: self.store.recommit(user.uid, undelivered))
         return waiting
 
     def _queued_count(self, uid: str, first_batch: int) -> int:
@@ -381,7 +415,7 @@ class Dispatcher:
         lock = self.registry.user_lock(user.uid)
         while True:
             with lock:
-                if not user.conns or not ids.intersection(user.pending):
+                if not user.live() or not ids.intersection(user.pending):
                     return
                 late = [p for i, p in user.pending.items() if i in ids]
                 left = deadline - time.monotonic()
@@ -403,7 +437,8 @@ class Dispatcher:
         uid = conn.uid
         if uid is None:
             return
-        with self.registry.user_lock(uid):
+        lock = self.registry.user_lock(uid)
+        with lock:
             user = self.registry.leave(conn)
             if user is None:
                 return
@@ -414,24 +449,40 @@ class Dispatcher:
                 # the ack and the recommit would count it.
                 if not pending.waiting and user.pending.pop(pending.message.id, None) is not None:
                     orphans.append(pending)
-            if orphans:
-                self.recommit(uid, orphans)
             if user.draining:
                 user.drain_wakeup.set()
-            self.registry.forget_if_idle(user)
-            if orphans and user.conns and not user.draining:
-                # The user is still here on a socket that was not sent these: drain them to
-                # it, from a task of its own since callers may hold locks.
-                user.draining = True
-                self.spawn(self._drain, user)
+            if not orphans:
+                self.registry.forget_if_idle(user)
+                return
+            # Given back without the lock held: a large give-back takes a while, and the
+            # listener must not wait on it to deliver other users' messages. New messages
+            # for this user queue at the tail meanwhile; a drain waits for `returning`.
+            user.returning += 1
+        try:
+            self.recommit(uid, orphans)
+        finally:
+            with lock:
+                user.returning -= 1
+                user.drain_wakeup.set()
+                self.registry.forget_if_idle(user)
+                if user.live() and not user.draining:
+                    # The user is still here on a socket that was not sent these: drain
+                    # them to it, from a task of its own since callers may hold locks.
+                    user.draining = True
+                    self.spawn(self._drain, user)
 
     def recommit(self, uid: str, orphans: list[Pending]) -> None:
-        for pending in orphans:
-            if log.isEnabledFor(logging.INFO):
+        if log.isEnabledFor(logging.INFO):
+            # One line a message, as in the seed, but not thousands in one go: that much
+            # logging at once would stall every other delivery.
+            for pending in orphans[:LOG_RECOMMITS]:
                 log.info(
                     "%s: Client is no longer online, recommitting '%s' to %s queue.",
                     uid, envelope.preview(pending.message.envelope), names.user_channel(uid),
                 )
+            if len(orphans) > LOG_RECOMMITS:
+                log.info("%s: ... and %d more recommitted to %s queue.",
+                         uid, len(orphans) - LOG_RECOMMITS, names.user_channel(uid))
         retrying(
             f"recommitting for {uid}",
             lambda: self.store.recommit(uid, [p.message.stored for p in orphans]),
@@ -441,7 +492,7 @@ class Dispatcher:
     def _drop_unresponsive(self, user: User, late: list[Pending]) -> None:
         """Disconnect sockets that held a message past `ack_timeout` (lock held)."""
         sids = set().union(*(p.waiting for p in late)) if late else set()
-        for conn in [c for c in user.conns if c.sid in sids]:
+        for conn in [c for c in user.live() if c.sid in sids]:
             log.warning("%s: socket %s did not acknowledge within %ss; closing it",
                         user.uid, conn.address, self.ack_timeout)
             self.leave(conn)

@@ -145,6 +145,7 @@ def init_app(socketio: SocketIO, service: Service) -> None:
             return {"ok": False, "error": "conn_limit"}
         host = conn.address.rpartition(":")[0]
         uid = None
+        counted = False
         try:
             if per_address.blocked(host):
                 raise IdentifyError("rate_limited")
@@ -155,14 +156,21 @@ def init_app(socketio: SocketIO, service: Service) -> None:
                 # We could not deliver anything, nor tell what is queued: say so at once.
                 raise IdentifyError("unavailable")
             if config.secure_mode:
+                if not (per_uid.attempt(uid) and per_address.attempt(host)):
+                    raise IdentifyError("rate_limited")
+                counted = True  # as failed, until the key is checked and passes
                 check_key(service.redis, uid, key)
+                counted = False
+                per_uid.forgive(uid)
+                per_address.forgive(host)
         except IdentifyError as exc:
             log.warning("Refusing identifier %s from %s: %s", describe(data), conn.address, exc.code)
             metrics.identify_failed.labels(exc.code).inc()
-            if exc.code in ("invalid_identifier", "unauthorized"):
+            if exc.code == "invalid_identifier":
                 per_address.fail(host)
-                if uid is not None:
-                    per_uid.fail(uid)
+            elif exc.code == "unavailable" and counted:
+                per_uid.forgive(uid)  # not the client's failure
+                per_address.forgive(host)
             transport.refuse(conn.sid, exc.code)
             return {"ok": False, "error": exc.code}
         if conn.requested == uid:

@@ -26,6 +26,23 @@ class FailureLimiter:
         entry = self._counts.get(key)
         return entry is not None and entry[1] >= self.limit and time.monotonic() - entry[0] < self.window
 
+    def attempt(self, key: str) -> bool:
+        """Count an attempt as failed before it is checked; False if over the limit.
+
+        Counting first means that guesses sent in parallel cannot all be checked
+        while the earlier ones are still out; `forgive` undoes it on success.
+        """
+        if self.blocked(key):
+            return False
+        self.fail(key)
+        return True
+
+    def forgive(self, key: str) -> None:
+        with self._lock:
+            entry = self._counts.get(key)
+            if entry is not None and entry[1] > 0:
+                self._counts[key] = (entry[0], entry[1] - 1)
+
     def fail(self, key: str) -> None:
         now = time.monotonic()
         with self._lock:

@@ -30,6 +30,7 @@ class Conn:
     uid: str | None = None  # set once the socket is attached to its user
     requested: str | None = None  # the uid it identified as, from the identify reply on
     ack: bool = False
+    closing: bool = False  # cut off (too slow): gets nothing more while its close completes
 
 
 @dataclass(eq=False)
@@ -51,7 +52,13 @@ class User:
     # identify meanwhile are first sent what the drain already sent.
     draining: bool = False
     drain_log: list[Message] = field(default_factory=list)
+    # Leaving sockets whose unacknowledged messages are on their way back to the queue.
+    returning: int = 0
     drain_wakeup: threading.Event = field(default_factory=threading.Event)
+
+    def live(self) -> list[Conn]:
+        """The sockets that still get messages, oldest first."""
+        return [c for c in self.conns if not c.closing]
 
 
 class ConnLimitError(Exception):
@@ -121,12 +128,16 @@ class Registry:
             if conn in user.conns:
                 user.conns.remove(conn)
             conn.uid = None
-            if not user.conns and not user.pending and not user.draining:
+            if self._idle(user):
                 del self.users[user.uid]
             return user
 
+    @staticmethod
+    def _idle(user: User) -> bool:
+        return not (user.conns or user.pending or user.draining or user.returning)
+
     def forget_if_idle(self, user: User) -> None:
         with self._lock:
-            if not user.conns and not user.pending and not user.draining:
+            if self._idle(user):
                 if self.users.get(user.uid) is user:
                     del self.users[user.uid]

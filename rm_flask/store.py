@@ -22,13 +22,15 @@ from . import names
 # cannot cut each other's messages, a crash cannot leave a queue without its TTL, and a
 # retry after a lost reply cannot half-repeat a batch.
 # KEYS: one list or sorted set per write, then the server's in-flight index.
-# ARGV: the TTL, the cap, then per write: "q" or "f", the envelope, its score, the uid.
+# ARGV: the TTL, the cap, then per write: "q" (queue) or "f" (in flight), the envelope,
+# for "q" the in-flight set to take it out of (or "") and for "f" its score, and the uid.
 _WRITE = """
 local ttl, cap, index = ARGV[1], tonumber(ARGV[2]), KEYS[#KEYS]
 local cut = {}
 for i = 1, #KEYS - 1 do
   local at = 3 + (i - 1) * 4
   if ARGV[at] == 'q' then
+    if ARGV[at + 2] ~= '' then redis.call('ZREM', ARGV[at + 2], ARGV[at + 1]) end
     local n = redis.call('RPUSH', KEYS[i], ARGV[at + 1])
     redis.call('EXPIRE', KEYS[i], ttl)
     if n > cap then cut[#cut + 1] = redis.call('LPOP', KEYS[i], n - cap) else cut[#cut + 1] = {} end
@@ -93,6 +95,10 @@ for i = 1, #KEYS - 1 do
 end
 return 0
 """
+
+
+RECOMMIT_CHUNK = 100  # messages, and bytes, given back by one script call at most
+RECOMMIT_CHUNK_BYTES = 256 * 1024
 
 
 class Store:
@@ -160,9 +166,19 @@ class Store:
 
     def recommit(self, uid: str, stored: Sequence[str | bytes]) -> list[bytes]:
         """Give undelivered in-flight messages back to the head of the queue, in order."""
-        if not stored:
-            return []
-        return self._recommit_for(self.server_id, uid, stored)
+        # A large give-back goes in pieces, newest first, each to the head: the order
+        # comes out the same, and Redis, which runs one script at a time, serves the
+        # other servers' and users' calls in between.
+        given: list[bytes] = []
+        end = len(stored)
+        while end > 0:
+            start, size = end, 0
+            while start > 0 and end - start < RECOMMIT_CHUNK and size < RECOMMIT_CHUNK_BYTES:
+                start -= 1
+                size += len(stored[start])
+            given[:0] = self._recommit_for(self.server_id, uid, stored[start:end])
+            end = start
+        return given
 
     def _recommit_for(
         self, server_id: str, uid: str, stored: Sequence[str | bytes]
@@ -206,9 +222,10 @@ class Writes:
     def __bool__(self) -> bool:
         return bool(self._keys)
 
-    def append(self, uid: str, stored: str) -> None:
+    def append(self, uid: str, stored: str, untrack: bool = False) -> None:
+        """Queue `stored`; `untrack`: it was recorded in flight, and leaves that set now."""
         self._keys.append(names.queue_key(uid))
-        self._args += ("q", stored, 0, uid)
+        self._args += ("q", stored, names.inflight_key(self.store.server_id, uid) if untrack else "", uid)
 
     def track(self, uid: str, stored: str) -> None:
         self._keys.append(names.inflight_key(self.store.server_id, uid))

@@ -206,16 +206,8 @@ def test_a_slow_client_beside_its_own_fast_tab_loses_nothing(make_server, r):
     fast.close()
 
 
-BURST_REASON = (
-    "server bug: Dispatcher._deliver sends a whole subscription batch (up to 500 messages) "
-    "without yielding, so the Engine.IO writer cannot drain and a reading socket passes "
-    "max_buffered; once a user's last socket is closed mid-batch, _send indexes conns[0] of "
-    "an empty list (IndexError) and the rest of the batch, other users' messages included, "
-    "is neither sent nor queued"
-)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=BURST_REASON)
 def test_a_burst_to_a_reading_client_is_not_taken_for_a_slow_one(make_server, r):
     """300 small messages in one burst to a client that reads, beside a bystander: the
     client is not cut off, and nothing of the burst, nor of the bystander's, is lost."""

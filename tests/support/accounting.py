@@ -24,6 +24,7 @@ class Stream:
     r: redis.Redis
     uids: list[str]
     owed: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    sent_at: dict[str, float] = field(default_factory=dict)  # payload -> when PUBLISH returned
     unseen: int = 0
     failed: int = 0
     _seq: int = 0
@@ -39,6 +40,7 @@ class Stream:
             try:
                 if self.r.publish(f"rm.users.{uid}", payload) > 0:
                     self.owed[uid].append(payload)
+                    self.sent_at[payload] = time.monotonic()
                 else:
                     self.unseen += 1
             except redis.RedisError:

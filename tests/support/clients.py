@@ -16,10 +16,11 @@ NAMESPACE = "/rm"
 
 class _OrderedEngineIO(engineio.Client):
     """engineio's client runs each message's handler in a thread of its own, so handlers
-    can see messages out of the order they arrived in; this one handles them in order."""
+    can see messages out of the order they arrived in; this one handles events and acks in
+    order. (Not a DISCONNECT: its handler joins the read thread, so it cannot run on it.)"""
 
     def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
-        if event == "message":
+        if event == "message" and args and isinstance(args[0], str) and args[0][:1] in ("2", "3"):
             kwargs["run_async"] = False
         return super()._trigger_event(event, *args, **kwargs)
 
