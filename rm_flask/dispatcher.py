@@ -1,10 +1,10 @@
 """Decide, for each message, which sockets get it now and what waits in Redis (SPEC §5).
 
-One way through: the listener hands a PUBLISH to `route`; `deliver` either sends it to
-the user's open sockets or queues it; a socket that identifies is `admit`ted and drains
-the queue; acknowledgements `settle` messages; a socket that leaves gives back what it
-had not acknowledged (`recommit`). Everything for one uid happens under that uid's lock,
-which is what keeps the queue, the drain and live delivery in one order.
+One way through: the listener hands PUBLISHes to `route_batch`; `_deliver` either sends
+each to its user's open sockets or queues it; a socket that identifies is `admit`ted and
+drains the queue; acknowledgements settle messages; a socket that leaves gives back what
+it had not acknowledged (`recommit`). Decisions for one uid are made under that uid's
+lock, which is what keeps the queue, the drain and live delivery in one order.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ class Transport(Protocol):
     def disconnect(self, conn: Conn) -> None: ...
 
 
-def retrying(what: str, call: Callable[[], Any], attempts: int | None = None) -> Any:
-    """Run a Redis call until it succeeds (or `attempts` run out), backing off.
+def retrying(what: str, call: Callable[[], Any]) -> Any:
+    """Run a Redis call until it succeeds, backing off.
 
     Used where giving up would lose a message: the data is only in this process's memory
     until the call lands.
@@ -52,8 +52,6 @@ def retrying(what: str, call: Callable[[], Any], attempts: int | None = None) ->
             return call()
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
             tried += 1
-            if attempts is not None and tried >= attempts:
-                raise
             if tried == 1:
                 log.warning("Redis unavailable while %s (%s); retrying", what, exc)
             time.sleep(RETRY_DELAYS[min(tried, len(RETRY_DELAYS)) - 1])
@@ -343,6 +341,15 @@ class Dispatcher:
                     self.metrics.delivered.inc()
                     self._settle(user.uid, [msg.stored])
             self._write(user, conn, msg, conn is user.live()[0])
+
+    def wake(self, uid: str) -> None:
+        """Drain a user who is online here and had messages put back in their queue."""
+        with self.registry.user_lock(uid):
+            user = self.registry.user(uid)
+            if user is None or not user.live() or user.draining:
+                return
+            user.draining = True
+        self.spawn(self._drain, user)
 
     def _drain(self, user: User) -> None:
         uid = user.uid

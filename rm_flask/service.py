@@ -151,18 +151,9 @@ class Service:
                     )
                     self.metrics.recommitted.inc(sum(given.values()))
                     for uid in given:
-                        self._wake(uid)
+                        self.dispatcher.wake(uid)
         except redis.RedisError as exc:
             log.warning("Could not check for dead servers: %s", exc)
-
-    def _wake(self, uid: str) -> None:
-        """Drain a user who is online here and just had messages given back."""
-        with self.registry.user_lock(uid):
-            user = self.registry.user(uid)
-            if user is None or not user.conns or user.draining:
-                return
-            user.draining = True
-        self.socketio.start_background_task(self.dispatcher._drain, user)
 
     def _housekeeping(self) -> None:
         last_reap = time.monotonic()
