@@ -219,3 +219,45 @@ def test_kill_9_during_heavy_delivery_then_restart(make_server, r):
     assert counts["lost_from_redis"] == 0 and counts["lost_after_restart"] == 0
     for tab in list(first.values()) + list(again.values()):
         tab.close()
+
+
+def test_killed_subscription_comes_back_by_itself(own_redis, tmp_path):
+    """Redis drops our subscription (CLIENT KILL): we resubscribe and deliver again."""
+    r = redis.Redis(port=own_redis.port)
+    server = ServerProcess(own_redis.port, tmp_path, log_level="warning").start()
+    try:
+        tab = RMClient(server.url).connect()
+        assert tab.identify({"uid": "sub", "ack": True})["ok"]
+        assert r.client_kill_filter(_type="pubsub") >= 1
+        # Until it is back, PUBLISH reaches no one; then the same socket gets messages again.
+        wait_until(lambda: r.publish("rm.users.sub", "back") == 1, 10, "the subscription to return")
+        assert tab.wait_for(1)[0]["payload"] == "back"
+        assert not tab.disconnected.is_set()
+        metrics = requests.get(server.url + "/metrics", timeout=5).text
+        assert "rm_redis_reconnects_total 1.0" in metrics
+        tab.close()
+    finally:
+        server.stop()
+
+
+def test_stuck_redis_turns_healthz_red_within_10_s(own_redis, tmp_path):
+    """A Redis that answers nothing (CLIENT PAUSE) is noticed: /healthz is 503 within 10 s."""
+    r = redis.Redis(port=own_redis.port)
+    server = ServerProcess(own_redis.port, tmp_path, log_level="warning").start()
+    try:
+        assert server.health()[0] == 200
+        r.execute_command("CLIENT", "PAUSE", "12000", "ALL")
+        paused = time.monotonic()
+
+        def red():
+            try:
+                return requests.get(server.url + "/healthz", timeout=10).status_code == 503
+            except requests.RequestException:
+                return False
+
+        wait_until(red, 10, "/healthz to go red")
+        print(f"red {time.monotonic() - paused:.1f}s after Redis stopped answering")
+        r.execute_command("CLIENT", "UNPAUSE")
+        wait_until(lambda: server.health()[0] == 200, 15, "/healthz to go green again")
+    finally:
+        server.stop()
