@@ -20,7 +20,6 @@ lint: dev-deps
 	$(VENV)/bin/ruff check .
 
 bench: dev-deps
-	$(PIP) install -q -r bench/requirements.txt
 	$(PY) -m bench.run
 
 $(VENV)/bin/python:

@@ -1,0 +1,25 @@
+"""The benchmark runs end to end (quick sizes), so that `make bench` cannot rot unseen."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.support.processes import ROOT
+
+
+def test_quick_direct_benchmark_delivers_everything(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--only", "direct", "--target", "ours",
+         "--json-out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    direct = [row for row in rows if row.get("scenario") == "direct"]
+    assert len(direct) == 3, "ack, no-ack, and ack with info logging"
+    for row in direct:
+        assert row["deliveries"] == row["expected"] > 0 and row["lost"] == 0, row
+        assert row["server_cpu_us_per_delivery"] > 0
