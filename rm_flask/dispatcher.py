@@ -218,14 +218,18 @@ class Dispatcher:
             log.info("%s: Sending message '%s' from %s",
                      user.uid, envelope.preview(msg.envelope), msg.envelope["source"])
         first = conns[0]
-        written = False
-        for conn in conns:
-            written = self._write(user, conn, msg, conn is first) or written
+        took = [conn for conn in conns if self._write(user, conn, msg, conn is first)]
         if pending:
             return True
-        if written:
+        if any(not conn.ack for conn in took):
             self.metrics.delivered.inc()
-        return written
+            return True
+        if took:
+            # The plain socket that made it delivered was cut off: only ack-mode sockets
+            # have it now, so it is delivered when one of them acknowledges it.
+            user.pending[msg.id] = Pending(msg, {conn.sid for conn in took})
+            return True
+        return False
 
     def _write(self, user: User, conn: Conn, msg: Message, bubble: bool) -> bool:
         """Write `msg` to one socket; False if that socket is too slow and is cut off."""
