@@ -77,3 +77,16 @@ def test_unreachable_redis_is_a_clear_error(tmp_path):
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
     assert "Cannot reach Redis at 127.0.0.1:" in done.stderr and "--embedded-redis" in done.stderr
+
+
+def test_tab_that_never_acknowledges_is_closed_after_ack_timeout(make_server, clients, r, uid):
+    server = make_server(ack_timeout=1)
+    silent = clients(server.url, {"uid": uid, "ack": True}, auto_ack=False)
+    for i in range(5):
+        r.publish(f"rm.users.{uid}", f"m{i}")
+    silent.wait_for(5)
+    assert silent.disconnected.wait(10), "closed for holding messages past ack_timeout"
+    key = f"rm:users:{uid}:messages"
+    wait_until(lambda: r.llen(key) == 5, 5, "the 5 unacknowledged messages back in the queue")
+    assert [json.loads(m)["payload"] for m in r.lrange(key, 0, -1)] == [f"m{i}" for i in range(5)]
+    assert "did not acknowledge within" in server.log()
