@@ -162,7 +162,7 @@ class Dispatcher:
         for lock in locks:
             lock.acquire()
         try:
-            writes = self.store.writes()
+            writes = self.store.writes(from_listener=True)
             sends: list[tuple[User, Message, bool]] = []
             queued: list[tuple[str, Message]] = []
             for uid, msg in plan:
@@ -190,7 +190,7 @@ class Dispatcher:
                     self.metrics.trimmed.inc()
                     log.warning("%s: queue is over max_queue_length, dropping its oldest message '%s'",
                                 uid, envelope.preview(envelope.loads(raw)))
-            late = self.store.writes()
+            late = self.store.writes(from_listener=True)
             for user, msg, acked_only in sends:
                 if not (user.live() and self._send(user, msg, pending=acked_only)):
                     # Its last socket was cut off earlier in this batch: queue it, behind
@@ -513,6 +513,10 @@ class Dispatcher:
         """Close sockets holding a message unacknowledged past `ack_timeout`."""
         cutoff = time.monotonic() - self.ack_timeout
         for user in list(self.registry.users.values()):
+            # Pending messages are in the order sent: the oldest tells, without the lock.
+            oldest = next(iter(user.pending.values()), None)
+            if oldest is None or oldest.sent_at >= cutoff:
+                continue
             with self.registry.user_lock(user.uid):
                 late = [p for p in user.pending.values() if p.sent_at < cutoff]
                 if late and not user.draining:

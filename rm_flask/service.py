@@ -98,6 +98,16 @@ class Service:
                 return
             self._started = True
         self.check_redis()
+        # The listener's writes get a connection of their own (it connects now, so only
+        # once Redis is known to be there).
+        self.store.listener_client = redis.Redis.from_url(
+            **self.config.redis_kwargs(),
+            client_name=names.client_name(self.server_id),
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            socket_keepalive=True,
+            single_connection_client=True,
+        )
         self._heartbeat()
         self.reap_dead_servers()
         # Everything made so far lives as long as the process: keep the collector from

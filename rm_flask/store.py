@@ -112,6 +112,9 @@ class Store:
         max_queue_length: int,
     ) -> None:
         self.redis = client
+        # The listener's writes may go through a connection of their own: one greenlet
+        # uses it, so the pool's bookkeeping on every call (checkout, checks) is skipped.
+        self.listener_client = client
         self.server_id = server_id
         self.queue_expiry = queue_expiry
         self.max_queue_length = max_queue_length
@@ -146,9 +149,12 @@ class Store:
             args=[count, start, uid],
         )
 
-    def writes(self) -> Writes:
-        """Gather queue appends and in-flight records to send in one round trip."""
-        return Writes(self)
+    def writes(self, from_listener: bool = False) -> Writes:
+        """Gather queue appends and in-flight records to send in one round trip.
+
+        `from_listener`: run on the listener's own connection (only its greenlet may).
+        """
+        return Writes(self, self.listener_client if from_listener else self.redis)
 
     ### In flight ###
 
@@ -214,8 +220,9 @@ class Store:
 class Writes:
     """Queue appends and in-flight records of a batch of messages, sent as one script."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, client: redis.Redis) -> None:
         self.store = store
+        self.client = client
         self._keys: list[str] = []
         self._args: list[str | int] = [store.queue_expiry, store.max_queue_length]
 
@@ -234,4 +241,4 @@ class Writes:
     def execute(self) -> list[list[bytes]]:
         """Run them; for each append, in order, what `max_queue_length` cut."""
         keys = [*self._keys, names.inflight_users_key(self.store.server_id)]
-        return self.store._write(keys=keys, args=self._args)
+        return self.store._write(keys=keys, args=self._args, client=self.client)
