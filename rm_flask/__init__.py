@@ -52,8 +52,8 @@ def create_app(
         # The CONNECT reply goes out before our connect handler runs, so that a refusal
         # (conn_limit) can still be told to the client as an `rm_error` event.
         always_connect=True,
-        ping_interval=25,
-        ping_timeout=20,
+        ping_interval=config.ping_interval,
+        ping_timeout=config.ping_timeout,
         # Clients only ever send identifiers and acks: a larger packet is hostile, and
         # Engine.IO closes that connection without reading it.
         max_http_buffer_size=MAX_PACKET,

@@ -52,6 +52,11 @@ class Config:
     max_buffered: int = 1000
     identify_failures_per_uid: int = 10
     identify_failures_per_address: int = 50
+    # Engine.IO heartbeats: a socket that answers no ping for ping_interval + ping_timeout
+    # seconds (a half-open TCP connection, a frozen tab) is closed and its messages given
+    # back.
+    ping_interval: float = 25
+    ping_timeout: float = 20
 
     def redis_kwargs(self) -> dict[str, Any]:
         """Arguments for `redis.Redis.from_url`."""
@@ -91,6 +96,8 @@ _RULES: dict[str, tuple[type, Any, str]] = {
     "max_buffered": (int, lambda v: v >= 10, "an integer >= 10"),
     "identify_failures_per_uid": (int, lambda v: v >= 1, "an integer >= 1"),
     "identify_failures_per_address": (int, lambda v: v >= 1, "an integer >= 1"),
+    "ping_interval": (float, lambda v: v >= 0.1, "a number of seconds >= 0.1"),
+    "ping_timeout": (float, lambda v: v >= 0.1, "a number of seconds >= 0.1"),
 }
 
 _NULLABLE = {"redis_url"}

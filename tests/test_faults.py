@@ -74,6 +74,12 @@ def test_redis_outage_with_200_ack_clients(own_redis, tmp_path, r_own=None):
         wait_until(lambda: stream.sent >= 1000, 20, "1,000 messages before the outage")
         own_redis.kill()
         wait_until(lambda: 503 in health, 15, "/healthz to go red")
+        # An identify meanwhile is told at once, rather than left hanging.
+        newcomer = RMClient(server.url).connect()
+        asked = time.monotonic()
+        assert newcomer.identify({"uid": "late", "ack": True}) == {"ok": False, "error": "unavailable"}
+        assert time.monotonic() - asked < 2
+        newcomer.close()
         time.sleep(2)  # the outage itself: Redis stays down 2 s
         own_redis.start()
         restarted = time.monotonic()

@@ -240,3 +240,36 @@ def test_a_burst_to_a_reading_client_is_not_taken_for_a_slow_one(make_server, r)
     assert bystander.payloads() == [f"o{n}" for n in range(300)]
     tab.close()
     bystander.close()
+
+
+def test_half_open_connection_is_noticed_and_its_messages_given_back(make_server, r):
+    """A client that vanishes without a FIN (it reads, but answers no ping and no message)
+    is closed after ping_interval + ping_timeout, and what it held goes back in order."""
+    server = make_server(ping_interval=1, ping_timeout=1, log_level="warning")
+    ws = websocket.create_connection(
+        server.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket", timeout=10)
+    assert ws.recv().startswith("0{")
+    ws.send("40/rm,")
+    ws.send("42/rm,1" + json.dumps(["identifier", {"uid": "ghost", "ack": True}]))
+    payloads = [f"g{i}" for i in range(20)]
+    for p in payloads:
+        r.publish("rm.users.ghost", p)
+    got, closed = [], False
+    ws.settimeout(10)
+    started = time.monotonic()
+    try:
+        while not closed:
+            frame = ws.recv()  # reads everything, answers nothing: pings "2" go unanswered
+            if not frame or frame.startswith("1"):
+                closed = True
+            elif frame.startswith("42/rm,") and '"message"' in frame:
+                got.append(json.loads(frame[frame.index("["):])[1]["payload"])
+    except (websocket.WebSocketException, OSError):
+        closed = True
+    waited = time.monotonic() - started
+    ws.close()
+    assert got == payloads, "it was sent everything before it went quiet"
+    assert closed and waited < 8, f"closed after {waited:.1f}s"
+    wait_until(lambda: r.llen("rm:users:ghost:messages") == 20, 10, "its 20 messages back in its queue")
+    assert [json.loads(m)["payload"] for m in r.lrange("rm:users:ghost:messages", 0, -1)] == payloads
+    print(f"half-open: closed after {waited:.1f}s, 20 sent, 20 back in the queue, 0 lost")
