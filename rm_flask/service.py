@@ -76,6 +76,7 @@ class Service:
             self.pubsub_redis, self.server_id, self.dispatcher.route_batch,
             on_reconnect=self.metrics.redis_reconnects.inc,
         )
+        self.other_servers: set[str] = set()
         self._started = False
         self._start_lock = threading.Lock()
         self._stopped = threading.Event()
@@ -148,9 +149,11 @@ class Service:
                 connected = {c.get("name", "") for c in self.redis.client_list()}
             except redis.ResponseError:  # CLIENT LIST may be disabled on managed Redis
                 connected = None
+            living = []
             for other in sorted(others):
                 alive = self.redis.exists(names.server_key(other))
                 if alive and (connected is None or names.client_name(other) in connected):
+                    living.append(other)
                     continue
                 given = self.store.recommit_all(other)
                 self.redis.srem(names.SERVERS_KEY, other)
@@ -162,8 +165,21 @@ class Service:
                     self.metrics.recommitted.inc(sum(given.values()))
                     for uid in given:
                         self.dispatcher.wake(uid)
+            self._warn_about(living)
         except redis.RedisError as exc:
             log.warning("Could not check for dead servers: %s", exc)
+
+    def _warn_about(self, others: list[str]) -> None:
+        """Say it, once per change, when other servers use this Redis too (not supported yet)."""
+        if set(others) == self.other_servers:
+            return
+        self.other_servers = set(others)
+        if others:
+            log.warning(
+                "%d other RedMessenger server(s) use this Redis (%s). Run one per Redis for now: "
+                "with several, each queues every message for an offline user (duplicates) and "
+                "computes bubble among its own sockets only.", len(others), ", ".join(others),
+            )
 
     def _housekeeping(self) -> None:
         last_reap = time.monotonic()
@@ -199,7 +215,11 @@ class Service:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Is Redis answering, and is the subscription proven live by a round trip?"""
-        status: dict[str, Any] = {"server": self.server_id, "connections": self.registry.count()}
+        status: dict[str, Any] = {
+            "server": self.server_id,
+            "connections": self.registry.count(),
+            "other_servers": len(self.other_servers),
+        }
         try:
             self.redis.ping()
             status["redis"] = "ok"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.support.processes import ServerProcess
+from tests.support.processes import ServerProcess, wait_until
 
 
 def test_gunicorn_serves_and_delivers(redis_server, logs_dir, clients, r, uid):
@@ -18,3 +18,16 @@ def test_gunicorn_serves_and_delivers(redis_server, logs_dir, clients, r, uid):
         tab.close()  # gunicorn waits for open sockets when it stops
     finally:
         proc.stop()
+
+
+def test_a_second_server_on_the_same_redis_is_warned_about(redis_server, logs_dir, r):
+    """Several processes per Redis are not supported yet: both say so, loudly."""
+    first = ServerProcess(redis_server.port, logs_dir, log_level="warning").start()
+    second = ServerProcess(redis_server.port, logs_dir, log_level="warning").start()
+    try:
+        wait_until(lambda: first.health()[1]["other_servers"] == 1, 10, "the first to see the second")
+        assert second.health()[1]["other_servers"] == 1
+        assert "other RedMessenger server(s) use this Redis" in second.log()
+    finally:
+        second.stop()
+        first.stop()
