@@ -114,7 +114,10 @@ class Dispatcher:
             for _ in accepted:
                 self.metrics.latency.observe(elapsed)
         except Exception:
-            log.exception("Failed to route %d messages", len(items))
+            # Not a connection error (those are retried until Redis is back): Redis said
+            # no, for example out of memory. Say so loudly; the listener goes on.
+            log.exception("Failed to route %d messages; they are lost", len(items))
+            self.metrics.failed.inc(len(items))
 
     def _accept(self, channel: str, data: bytes) -> tuple[str, str] | None:
         target = names.parse_channel(channel)

@@ -29,6 +29,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.failed = Counter(
+            "rm_messages_failed",
+            "PUBLISHes lost to an unexpected error (Redis refusing writes, such as OOM), logged",
+            registry=r,
+        )
         self.identified = Counter("rm_identify_success", "Sockets identified", registry=r)
         self.identify_failed = Counter(
             "rm_identify_failures", "Identify attempts refused, by reason", ["reason"], registry=r
