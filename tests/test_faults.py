@@ -267,3 +267,34 @@ def test_stuck_redis_turns_healthz_red_within_10_s(own_redis, tmp_path):
         wait_until(lambda: server.health()[0] == 200, 15, "/healthz to go green again")
     finally:
         server.stop()
+
+
+def test_redis_out_of_memory_is_counted_and_the_server_goes_on(own_redis, tmp_path):
+    """Redis refusing writes loses what could not be queued: loudly, and nothing else."""
+    r = redis.Redis(port=own_redis.port)
+    server = ServerProcess(own_redis.port, tmp_path, log_level="warning").start()
+    try:
+        tab = RMClient(server.url).connect()
+        assert tab.identify("online")["ok"]
+        used = int(r.info("memory")["used_memory"])
+        r.config_set("maxmemory-policy", "noeviction")
+        r.config_set("maxmemory", str(used + 200_000))
+        for i in range(20):
+            r.publish("rm.users.offline", f"{i}:" + "x" * 50_000)  # queueing these fills Redis
+        failed = wait_until(lambda: metric_value(server.url, "rm_messages_failed_total") > 0, 10,
+                            "the refused writes to be counted")
+        assert "they are lost" in server.log()
+        r.config_set("maxmemory", "0")
+        r.publish("rm.users.online", "still here")  # a socket that is online needs no write
+        assert tab.wait_for(1)[0]["payload"] == "still here"
+        print(f"out of memory: {failed:.0f} messages counted as lost")
+        tab.close()
+    finally:
+        server.stop()
+
+
+def metric_value(url: str, name: str) -> float:
+    for line in requests.get(url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
