@@ -152,7 +152,7 @@ def init_app(socketio: SocketIO, service: Service) -> None:
             uid, key, ack = parse_identifier(data)
             if per_uid.blocked(uid):
                 raise IdentifyError("rate_limited")
-            if not service.listener.subscribed:
+            if not service.accepting():
                 # We could not deliver anything, nor tell what is queued: say so at once.
                 raise IdentifyError("unavailable")
             if config.secure_mode:

@@ -12,6 +12,8 @@ from typing import Any
 
 import redis
 from flask_socketio import SocketIO
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from . import names
 from .config import Config
@@ -56,11 +58,15 @@ class Service:
         self.redis = redis.Redis(connection_pool=pool)
         # The subscription waits for messages indefinitely, so it gets no read timeout;
         # the round trips through the control channel notice when it stops delivering.
+        # No retries inside redis-py either: its retry reconnects and resubscribes on its
+        # own, and messages that reach that new connection before the error surfaces here
+        # were lost when the listener then dropped it. The listener reconnects instead.
         self.pubsub_redis = redis.Redis.from_url(
             **config.redis_kwargs(),
             client_name=names.client_name(self.server_id),
             socket_connect_timeout=2,
             socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),
         )
         self.metrics = Metrics()
         self.registry = Registry(config.conn_limit, config.user_conn_limit)
@@ -77,6 +83,10 @@ class Service:
             on_reconnect=self.metrics.redis_reconnects.inc,
         )
         self.other_servers: set[str] = set()
+        # Whether Redis answered the last heartbeat (each second). The listener may still
+        # count as subscribed while Redis is gone: it retries the writes of messages it
+        # already holds before it reads on and finds the connection closed.
+        self.redis_ok = True
         self._started = False
         self._start_lock = threading.Lock()
         self._stopped = threading.Event()
@@ -189,6 +199,7 @@ class Service:
                 self.dispatcher.expire_unacknowledged()
                 self._heartbeat()
                 self.listener.ping()
+                self.redis_ok = True
                 if (
                     self.listener.subscribed
                     and time.monotonic() - self.listener.last_received > STUCK_AFTER
@@ -198,6 +209,7 @@ class Service:
                     last_reap = time.monotonic()
                     self.reap_dead_servers()
             except redis.RedisError as exc:
+                self.redis_ok = False
                 log.debug("housekeeping: Redis unavailable: %s", exc)
             except Exception:
                 log.exception("housekeeping failed")
@@ -210,6 +222,10 @@ class Service:
             self.metrics.identify_failed.labels("identify_timeout").inc()
             self.transport.refuse(conn.sid, "identify_timeout")
             conn.requested = ""  # refused once, not every second until it is gone
+
+    def accepting(self) -> bool:
+        """Can a socket that identifies now be served?"""
+        return self.listener.subscribed and self.redis_ok
 
     ### Health ###
 
@@ -240,4 +256,5 @@ class Service:
                 else "subscription not delivering"
             )
         status["ok"] = ok
+        status["accepting"] = self.accepting()
         return ok, status
