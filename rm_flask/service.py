@@ -26,7 +26,7 @@ from .store import Store
 
 log = logging.getLogger("rm_flask")
 
-HEARTBEAT_EVERY = 2.0  # seconds between heartbeats and subscription round trips
+HOUSEKEEPING_EVERY = 1.0  # seconds between heartbeats, round trips and timeout sweeps
 HEARTBEAT_TTL = 15  # a server silent this long is dead even if its connection lingers
 REDIS_POOL_SIZE = 32
 STUCK_AFTER = 6.0  # a subscription that received nothing (pings included) this long is replaced
@@ -193,7 +193,7 @@ class Service:
 
     def _housekeeping(self) -> None:
         last_reap = time.monotonic()
-        while not self._stopped.wait(1.0):
+        while not self._stopped.wait(HOUSEKEEPING_EVERY):
             try:
                 self._expire_unidentified()
                 self.dispatcher.expire_unacknowledged()
