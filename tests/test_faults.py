@@ -31,6 +31,14 @@ def own_redis(tmp_path):
     server.stop()
 
 
+@pytest.fixture
+def own_server(own_redis, tmp_path):
+    """A server on the test's own Redis, and a client of that Redis."""
+    server = ServerProcess(own_redis.port, tmp_path, log_level="warning").start()
+    yield redis.Redis(port=own_redis.port), server
+    server.stop()
+
+
 def connect_all(url: str, uids: list[str], **kwargs) -> dict[str, RMClient]:
     tabs = {}
     for uid in uids:
@@ -249,74 +257,53 @@ def test_kill_9_during_heavy_delivery_then_restart(make_server, r):
         tab.close()
 
 
-def test_killed_subscription_comes_back_by_itself(own_redis, tmp_path):
+def test_killed_subscription_comes_back_by_itself(own_server):
     """Redis drops our subscription (CLIENT KILL): we resubscribe and deliver again."""
-    r = redis.Redis(port=own_redis.port)
-    server = ServerProcess(own_redis.port, tmp_path, log_level="warning").start()
-    try:
-        tab = RMClient(server.url).connect()
-        assert tab.identify({"uid": "sub", "ack": True})["ok"]
-        assert r.client_kill_filter(_type="pubsub") >= 1
-        # Until it is back, PUBLISH reaches no one; then the same socket gets messages again.
-        wait_until(lambda: r.publish("rm.users.sub", "back") == 1, 10, "the subscription to return")
-        assert tab.wait_for(1)[0]["payload"] == "back"
-        assert not tab.disconnected.is_set()
-        metrics = requests.get(server.url + "/metrics", timeout=5).text
-        assert "rm_redis_reconnects_total 1.0" in metrics
-        tab.close()
-    finally:
-        server.stop()
+    r, server = own_server
+    tab = RMClient(server.url).connect()
+    assert tab.identify({"uid": "sub", "ack": True})["ok"]
+    assert r.client_kill_filter(_type="pubsub") >= 1
+    # Until it is back, PUBLISH reaches no one; then the same socket gets messages again.
+    wait_until(lambda: r.publish("rm.users.sub", "back") == 1, 10, "the subscription to return")
+    assert tab.wait_for(1)[0]["payload"] == "back"
+    assert not tab.disconnected.is_set()
+    assert server.metric("rm_redis_reconnects_total") == 1
+    tab.close()
 
 
-def test_stuck_redis_turns_healthz_red_within_10_s(own_redis, tmp_path):
+def test_stuck_redis_turns_healthz_red_within_10_s(own_server):
     """A Redis that answers nothing (CLIENT PAUSE) is noticed: /healthz is 503 within 10 s."""
-    r = redis.Redis(port=own_redis.port)
-    server = ServerProcess(own_redis.port, tmp_path, log_level="warning").start()
-    try:
-        assert server.health()[0] == 200
-        r.execute_command("CLIENT", "PAUSE", "12000", "ALL")
-        paused = time.monotonic()
+    r, server = own_server
+    assert server.health()[0] == 200
+    r.execute_command("CLIENT", "PAUSE", "12000", "ALL")
+    paused = time.monotonic()
 
-        def red():
-            try:
-                return requests.get(server.url + "/healthz", timeout=10).status_code == 503
-            except requests.RequestException:
-                return False
+    def red():
+        try:
+            return requests.get(server.url + "/healthz", timeout=10).status_code == 503
+        except requests.RequestException:
+            return False
 
-        wait_until(red, 10, "/healthz to go red")
-        print(f"red {time.monotonic() - paused:.1f}s after Redis stopped answering")
-        r.execute_command("CLIENT", "UNPAUSE")
-        wait_until(lambda: server.health()[0] == 200, 15, "/healthz to go green again")
-    finally:
-        server.stop()
+    wait_until(red, 10, "/healthz to go red")
+    print(f"red {time.monotonic() - paused:.1f}s after Redis stopped answering")
+    r.execute_command("CLIENT", "UNPAUSE")
+    wait_until(lambda: server.health()[0] == 200, 15, "/healthz to go green again")
 
 
-def test_redis_out_of_memory_is_counted_and_the_server_goes_on(own_redis, tmp_path):
+def test_redis_out_of_memory_is_counted_and_the_server_goes_on(own_server):
     """Redis refusing writes loses what could not be queued: loudly, and nothing else."""
-    r = redis.Redis(port=own_redis.port)
-    server = ServerProcess(own_redis.port, tmp_path, log_level="warning").start()
-    try:
-        tab = RMClient(server.url).connect()
-        assert tab.identify("online")["ok"]
-        used = int(r.info("memory")["used_memory"])
-        r.config_set("maxmemory-policy", "noeviction")
-        r.config_set("maxmemory", str(used + 200_000))
-        for i in range(20):
-            r.publish("rm.users.offline", f"{i}:" + "x" * 50_000)  # queueing these fills Redis
-        failed = wait_until(lambda: metric_value(server.url, "rm_messages_failed_total") > 0, 10,
-                            "the refused writes to be counted")
-        assert "they are lost" in server.log()
-        r.config_set("maxmemory", "0")
-        r.publish("rm.users.online", "still here")  # a socket that is online needs no write
-        assert tab.wait_for(1)[0]["payload"] == "still here"
-        print(f"out of memory: {failed:.0f} messages counted as lost")
-        tab.close()
-    finally:
-        server.stop()
-
-
-def metric_value(url: str, name: str) -> float:
-    for line in requests.get(url + "/metrics", timeout=5).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
+    r, server = own_server
+    tab = RMClient(server.url).connect()
+    assert tab.identify("online")["ok"]
+    used = int(r.info("memory")["used_memory"])
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", str(used + 200_000))
+    for i in range(20):
+        r.publish("rm.users.offline", f"{i}:" + "x" * 50_000)  # queueing these fills Redis
+    wait_until(lambda: server.metric("rm_messages_failed_total") > 0, 10, "the refused writes to be counted")
+    assert "they are lost" in server.log()
+    r.config_set("maxmemory", "0")
+    r.publish("rm.users.online", "still here")  # a socket that is online needs no write
+    assert tab.wait_for(1)[0]["payload"] == "still here"
+    print(f"out of memory: {server.metric('rm_messages_failed_total'):.0f} messages counted as lost")
+    tab.close()

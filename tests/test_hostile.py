@@ -14,7 +14,6 @@ import time
 from collections import Counter
 from typing import Any
 
-import requests
 import websocket
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -88,13 +87,6 @@ class RawClient:
         except Exception:
             pass
 
-
-def metric(url: str, name: str) -> float:
-    """One sample of the server's /metrics, 0 if absent."""
-    for line in requests.get(url + "/metrics", timeout=5).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 ### Property tests ###
@@ -249,7 +241,7 @@ def test_publish_over_max_payload_is_dropped_counted_and_harmless(make_server, r
     assert tab.payloads() == ["z" * 1000, "next"]
     assert [json.loads(m)["payload"] for m in r.lrange(f"rm:users:{away}:messages", 0, -1)] == ["queued"]
     assert r.llen(f"rm:users:{uid}:messages") == 0
-    assert metric(server.url, 'rm_messages_invalid_total{reason="too_large"}') == 2
+    assert server.metric('rm_messages_invalid_total{reason="too_large"}') == 2
     assert server.log().count("over max_payload") == 2
     assert "x" * 100 not in server.log(), "a dropped payload is not logged"
     tab.close()
@@ -299,7 +291,7 @@ def test_1000_wrong_keys_for_one_uid_are_rate_limited(make_server, r, uid):
     assert identify_many(server.url, [f"{uid}:RIGHTKEY"]) == [{"ok": False, "error": "rate_limited"}]
     assert identify_many(server.url, [{"uid": uid, "key": "RIGHTKEY"}])[0]["error"] == "rate_limited"
     assert identify_many(server.url, [f"{uid}-other:other-key"]) == [{"ok": True, "uid": f"{uid}-other"}]
-    assert metric(server.url, 'rm_identify_failures_total{reason="rate_limited"}') == 1000 - per_uid + 2
+    assert server.metric('rm_identify_failures_total{reason="rate_limited"}') == 1000 - per_uid + 2
     assert "GUESS" not in server.log() and "RIGHTKEY" not in server.log(), "keys are never logged"
     assert took < 30
 

@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 import pytest
-import requests
 import websocket
 
 from tests.support.clients import RMClient
@@ -44,12 +43,6 @@ class TimedClient(RMClient):
         self.arrivals.append((envelope["payload"], time.perf_counter()))
         super()._on_message(envelope)
 
-
-def metric(url: str, name: str) -> float:
-    for line in requests.get(url + "/metrics", timeout=5).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def p99(values: list[float]) -> float:
@@ -146,7 +139,7 @@ def test_a_client_that_never_reads_does_not_slow_the_others(make_server, r):
     with_slow, owed = run_stream(r, tabs, "b", "slow")
 
     # Cut off: counted, gone from the server's sockets, and nothing of its held in flight.
-    wait_until(lambda: metric(server.url, "rm_sockets_slow_closed_total") >= 1, 10,
+    wait_until(lambda: server.metric("rm_sockets_slow_closed_total") >= 1, 10,
                "the slow socket to be closed")
     wait_until(lambda: server.health()[1]["connections"] == OTHERS, 10, "the slow socket to be gone")
     wait_until(lambda: not list(r.scan_iter("rm:inflight:*:slow")), 10, "no message of slow in flight")
@@ -159,7 +152,7 @@ def test_a_client_that_never_reads_does_not_slow_the_others(make_server, r):
         "lost": lost, "sent_to_others": 2 * SMALL, "delivered_to_others": len(without) + len(with_slow),
         "p99_without_ms": round(p99(without) * 1000, 2), "p99_with_ms": round(p99(with_slow) * 1000, 2),
         "max_without_ms": round(max(without) * 1000, 2), "max_with_ms": round(max(with_slow) * 1000, 2),
-        "slow_closed": metric(server.url, "rm_sockets_slow_closed_total"),
+        "slow_closed": server.metric("rm_sockets_slow_closed_total"),
     }
     print("slow client:", figures)
     assert queued == owed, "every message for slow is back in its queue, in order, once"
@@ -186,7 +179,7 @@ def test_a_slow_client_beside_its_own_fast_tab_loses_nothing(make_server, r):
         ahead = started + (n + 1) / 300 - time.perf_counter()  # 6 MB/s: the reading tab keeps up
         if ahead > 0:
             time.sleep(ahead)
-    wait_until(lambda: metric(server.url, "rm_sockets_slow_closed_total") >= 1, 20,
+    wait_until(lambda: server.metric("rm_sockets_slow_closed_total") >= 1, 20,
                "the stuck tab to be closed")
 
     def accounted() -> bool:
@@ -204,8 +197,6 @@ def test_a_slow_client_beside_its_own_fast_tab_loses_nothing(make_server, r):
     assert firsts == sent[: len(firsts)], "in order"
     assert not fast.disconnected.is_set()
     fast.close()
-
-
 
 
 def test_a_burst_to_a_reading_client_is_not_taken_for_a_slow_one(make_server, r):
@@ -227,7 +218,7 @@ def test_a_burst_to_a_reading_client_is_not_taken_for_a_slow_one(make_server, r)
         got = set(tab.payloads())
         return {"sent": 300, "received": len(got), "queued": len(queued - got),
                 "lost": 300 - len(got | queued), "bystander_received": len(bystander.messages),
-                "slow_closed": int(metric(server.url, "rm_sockets_slow_closed_total")),
+                "slow_closed": int(server.metric("rm_sockets_slow_closed_total")),
                 "left_in_flight": sum(r.zcard(k) for k in r.scan_iter("rm:inflight:*:*"))}
 
     try:

@@ -89,6 +89,13 @@ class ServerProcess:
         r = requests.get(self.url + "/healthz", timeout=5)
         return r.status_code, r.json()
 
+    def metric(self, name: str) -> float:
+        """One sample of the server's /metrics, 0 if absent."""
+        for line in requests.get(self.url + "/metrics", timeout=5).text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
     def kill(self) -> None:
         """`kill -9`: no chance to clean up."""
         if self.process and self.process.poll() is None:
