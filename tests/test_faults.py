@@ -60,15 +60,14 @@ def wait_settled(r: redis.Redis, timeout: float = 30) -> None:
 CRASH_WINDOW = 0.2  # seconds before a SIGKILL of Redis whose PUBLISHes may die with it
 
 
-def test_redis_outage_with_200_ack_clients(own_redis, tmp_path):
+def test_redis_outage_with_200_ack_clients(own_redis, own_server):
     """Redis is SIGKILLed under a stream to 200 ack-mode clients and back 2 s later.
 
     What Redis had accepted but not yet written out to our subscription when it was
     killed dies with it (the last moments before the kill: reported, not asserted);
     everything published before that, and after Redis is back, must arrive.
     """
-    r = redis.Redis(port=own_redis.port)
-    server = ServerProcess(own_redis.port, tmp_path, log_level="warning").start()
+    r, server = own_server
     uids = [f"o{i}" for i in range(200)]
     tabs = connect_all(server.url, uids)
     stream = Stream(r, uids)
@@ -132,7 +131,6 @@ def test_redis_outage_with_200_ack_clients(own_redis, tmp_path):
     assert recovered < 5
     for tab in tabs.values():
         tab.close()
-    server.stop()
 
 
 def test_200_ack_clients_churning_during_20000_messages(make_server, r):
