@@ -47,8 +47,10 @@ class RMClient:
     """
 
     def __init__(self, url: str, namespace: str = NAMESPACE, auto_ack: bool = True,
-                 ack_limit: int | None = None) -> None:
+                 ack_limit: int | None = None, transports: list[str] | None = None,
+                 http_session: Any = None) -> None:
         self.url = url
+        self.transports = transports or ["websocket"]  # ["polling"]: long-polling only
         self.namespace = namespace
         self.auto_ack = auto_ack
         self.ack_limit = ack_limit
@@ -57,7 +59,8 @@ class RMClient:
         self.errors: list[dict[str, Any]] = []
         self.disconnected = threading.Event()
         self._lock = threading.Lock()
-        self.sio = _Client(reconnection=False)
+        # http_session: the requests.Session that long-polling uses (None: its own)
+        self.sio = _Client(reconnection=False, http_session=http_session)
         self.sio.hold_ack = self._hold_ack
         self.sio.on("message", self._on_message, namespace=namespace)
         self.sio.on("rm_error", self._on_error, namespace=namespace)
@@ -78,7 +81,7 @@ class RMClient:
         self.errors.append(data)
 
     def connect(self, timeout: float = 10) -> RMClient:
-        self.sio.connect(self.url, namespaces=[self.namespace], transports=["websocket"],
+        self.sio.connect(self.url, namespaces=[self.namespace], transports=self.transports,
                          wait_timeout=timeout)
         return self
 

@@ -40,12 +40,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 class ServerProcess:
     """`python -m rm_flask` (or gunicorn) in a child process, on a port of its own."""
 
-    def __init__(self, redis_port: int, log_dir: Path, gunicorn: bool = False, **config: Any) -> None:
+    def __init__(self, redis_port: int, log_dir: Path, gunicorn: bool = False, workers: int = 1,
+                 **config: Any) -> None:
         self.port = config.pop("ws_port", None) or free_port()
         self.redis_port = redis_port
         self.config = {"log_level": "info", "identify_timeout": 10, **config}
         self.log_path = log_dir / f"server-{self.port}.log"
         self.gunicorn = gunicorn
+        self.workers = workers  # gunicorn -w: that many RedMessenger processes on one port
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
 
@@ -65,7 +67,8 @@ class ServerProcess:
 
     def start(self, timeout: float = 20) -> ServerProcess:
         if self.gunicorn:
-            cmd = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{self.port}", "wsgi:app"]
+            cmd = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{self.port}",
+                   "-w", str(self.workers), "wsgi:app"]
         else:
             cmd = [sys.executable, "-m", "rm_flask", "--host", "127.0.0.1"]
         log = open(self.log_path, "ab")
