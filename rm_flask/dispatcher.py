@@ -1,10 +1,13 @@
 """Decide, for each message, which sockets get it now and what waits in Redis (SPEC §5).
 
-One way through: the listener hands PUBLISHes to `route_batch`; `_deliver` either sends
-each to its user's open sockets or queues it; a socket that identifies is `admit`ted and
+One way through: the listener hands PUBLISHes, and the cluster's events between them, to
+`route_batch`. For each message, the `View` of the cluster (the same in every process at
+that point of the sequence) says whether the user is online and where: each process sends
+to its own sockets, and the user's owner queues what no socket takes. A socket that
+identifies is announced to every process; the process holding the user's oldest socket
 drains the queue; acknowledgements settle messages; a socket that leaves gives back what
 it had not acknowledged (`recommit`). Decisions for one uid are made under that uid's
-lock, which is what keeps the queue, the drain and live delivery in one order.
+lock, which keeps the queue, the drain and live delivery in one order in this process.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Protocol
 
 import redis
 
-from . import envelope, names
+from . import cluster, envelope, names
+from .cluster import Cluster, View
 from .envelope import Message
 from .metrics import Metrics
 from .registry import Conn, Pending, Registry, User
@@ -29,6 +34,7 @@ log = logging.getLogger("rm_flask")
 RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 LOG_RECOMMITS = 10  # recommits logged one by one per give-back; the rest as a count
 SETTLE_EVERY = 0.005  # seconds acks are gathered before one round trip clears them
+KEEP_RECENT = 30.0  # seconds of messages kept to redo the work of a server that dies
 
 
 class Transport(Protocol):
@@ -57,6 +63,25 @@ def retrying(what: str, call: Callable[[], Any]) -> Any:
             time.sleep(RETRY_DELAYS[min(tried, len(RETRY_DELAYS)) - 1])
 
 
+class Incoming:
+    """A PUBLISH as read, with its id; its envelope is made only if some socket or queue
+    here needs it (most processes only look at the channel)."""
+
+    __slots__ = ("channel", "data", "id", "received_ms", "_message")
+
+    def __init__(self, channel: str, data: bytes, msg_id: str) -> None:
+        self.channel = channel
+        self.data = data
+        self.id = msg_id
+        self.received_ms = int(time.time() * 1000)
+        self._message: Message | None = None
+
+    def message(self) -> Message:
+        if self._message is None:
+            self._message = Message(envelope.make(self.channel, self.data, self.received_ms, self.id))
+        return self._message
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -65,6 +90,7 @@ class Dispatcher:
         transport: Transport,
         metrics: Metrics,
         spawn: Callable[..., Any],
+        cluster: Cluster,
         drain_batch: int = 100,
         ack_timeout: float = 30,
         max_payload: int = 1024 * 1024,
@@ -74,12 +100,40 @@ class Dispatcher:
         self.registry = registry
         self.transport = transport
         self.metrics = metrics
+        self.cluster = cluster
+        self.me = cluster.server_id
+        self.view = View(self.me)
         self.drain_batch = drain_batch
         self.ack_timeout = ack_timeout
         self.max_payload = max_payload
         self._to_settle: dict[str, list[str]] = {}
         self._settle_lock = threading.Lock()
         self._settle_wakeup = threading.Event()
+        # What our `up` returned, until its event comes through the subscription.
+        self._joining: list[Any] | None = None
+        self._early = 0  # messages read before our `up` event, when no other server is up
+        # (time, event, uid, message, who had to deliver or queue it), for `recover`.
+        self.recent: deque[tuple[float, int, str, Incoming, Any]] = deque()
+        # The last own ping before which every message read is in Redis or delivered.
+        self.checkpoint = 0
+        self.recoveries: dict[int, str] = {}  # a `down` we published -> the dead server
+        self.on_pong: Callable[[], None] = lambda: None
+        self.on_declared_dead: Callable[[], None] = lambda: None
+        self.on_reset: Callable[[], None] = lambda: None
+
+    ### Joining the cluster ###
+
+    def joining(self, snapshot: list[Any]) -> None:
+        """Our `up` ran; `snapshot` is the cluster as of its event, which comes next."""
+        seq, era, servers, sockets, draining = snapshot
+        self._joining = [int(seq), era.decode(), [s.decode() for s in servers], sockets, draining]
+        self._early = 0
+        self.view.synced = False
+
+    def own_sockets(self) -> list[tuple[str, str]]:
+        """Our identified sockets, oldest first: put back in Redis if Redis lost them."""
+        conns = sorted(self.registry.conns.values(), key=lambda c: c.connected_at)
+        return [(c.sid, c.announced) for c in conns if c.announced is not None]
 
     ### From Redis ###
 
@@ -88,27 +142,58 @@ class Dispatcher:
         self.route_batch([(channel, data)])
 
     def route_batch(self, items: Sequence[tuple[str, bytes]]) -> None:
-        """Deliver or queue PUBLISHes in the order Redis sent them; never raises.
+        """Deliver or queue PUBLISHes, and follow the cluster's events, in the order Redis
+        sent them; never raises.
 
-        A batch is what the subscription had ready at once: its Redis writes (queue
-        appends, in-flight records) go in one round trip, before anything is sent.
+        The messages between two events go together: their Redis writes (queue appends,
+        in-flight records) in one round trip, before anything is sent.
         """
+        run: list[Incoming] = []
+        for channel, data in items:
+            if channel == names.CLUSTER_CHANNEL:
+                if run:
+                    self._route(run)
+                    run = []
+                try:
+                    self._event(cluster.parse(data))
+                except Exception:
+                    log.exception("Failed to follow cluster event %r", data[:200])
+            else:
+                incoming = self._incoming(channel, data)
+                if incoming is not None:
+                    run.append(incoming)
+        if run:
+            self._route(run)
+
+    def _incoming(self, channel: str, data: bytes) -> Incoming | None:
+        self.metrics.received.inc()
+        view = self.view
+        if view.synced:
+            return Incoming(channel, data, view.next_id())
+        joining = self._joining
+        if joining is not None and joining[2] == [self.me]:
+            # Read between our SUBSCRIBE and our `up`: with no other server to handle it,
+            # ours to handle, under an id of a form no other server gives out.
+            self._early += 1
+            return Incoming(channel, data, f"{joining[1]}.{joining[0]:x}.0.{self._early:x}")
+        return None  # the servers that were up when it was published handle it
+
+    def _route(self, run: list[Incoming]) -> None:
         started = time.perf_counter()
-        self.metrics.received.inc(len(items))
         try:
-            accepted: list[tuple[tuple[str, str], Message]] = []
-            for channel, data in items:
-                target = self._accept(channel, data)
+            accepted: list[tuple[tuple[str, str], Incoming]] = []
+            for incoming in run:
+                target = self._accept(incoming.channel, incoming.data)
                 if target is not None:
-                    accepted.append((target, Message(envelope.make(channel, data))))
+                    accepted.append((target, incoming))
             groups = {ident for (kind, ident), _ in accepted if kind == "group"}
             members = self._members(groups) if groups else {}
-            plan: list[tuple[str, Message]] = []
-            for (kind, ident), msg in accepted:
+            plan: list[tuple[str, Incoming]] = []
+            for (kind, ident), incoming in accepted:
                 if kind == "user":
-                    plan.append((ident, msg))
+                    plan.append((ident, incoming))
                 else:
-                    plan.extend((uid, msg) for uid in members[ident])
+                    plan.extend((uid, incoming) for uid in members[ident])
             self._deliver(plan)
             elapsed = time.perf_counter() - started
             for _ in accepted:
@@ -116,8 +201,8 @@ class Dispatcher:
         except Exception:
             # Not a connection error (those are retried until Redis is back): Redis said
             # no, for example out of memory. Say so loudly; the listener goes on.
-            log.exception("Failed to route %d messages; they are lost", len(items))
-            self.metrics.failed.inc(len(items))
+            log.exception("Failed to route %d messages; they are lost", len(run))
+            self.metrics.failed.inc(len(run))
 
     def _accept(self, channel: str, data: bytes) -> tuple[str, str] | None:
         target = names.parse_channel(channel)
@@ -155,64 +240,100 @@ class Dispatcher:
             members[cid] = uids
         return members
 
-    def _deliver(self, plan: list[tuple[str, Message]]) -> None:
-        """Send each (uid, message) to the user's sockets, or queue it (SPEC §5 rules 1-2).
+    def _deliver(self, plan: list[tuple[str, Incoming]]) -> None:
+        """Send each (uid, message) to the user's sockets here, or queue it (SPEC §5 1-2).
 
         The uids' locks are held from the decision until the message is written or
         queued, so that an identify cannot slip in between and miss it.
         """
+        view, me = self.view, self.me
+        remember = len(view.servers) > 1
+        now = time.monotonic()
         locks = list({id(lock): lock for lock in map(self.registry.user_lock, (u for u, _ in plan))}.values())
         for lock in locks:
             lock.acquire()
         try:
             writes = self.store.writes(from_listener=True)
-            sends: list[tuple[User, Message, bool]] = []
-            queued: list[tuple[str, Message]] = []
-            for uid, msg in plan:
-                user = self.registry.user(uid)
-                live = user.live() if user else None
-                if not live or user.draining:
-                    # While a drain runs, live messages queue behind it to keep their place.
-                    if not live:
-                        log.info("Client is not online, queueing message in Redis (%s)",
-                                 names.queue_key(uid))
-                    writes.append(uid, msg.stored)
-                    queued.append((uid, msg))
+            sends: list[tuple[User, Message, bool, str | None]] = []
+            queued: list[str] = []
+            for uid, incoming in plan:
+                socks = view.sockets.get(uid)
+                if not socks or uid in view.draining:
+                    # Nobody is online, or the user's queue is being drained: the message
+                    # queues (behind the drain, keeping its place), by the owner alone.
+                    owner = view.owner(uid)
+                    if remember:
+                        self.recent.append((now, view.seq, uid, incoming, owner))
+                    if owner == me:
+                        if not socks:
+                            log.info("Client is not online, queueing message in Redis (%s)",
+                                     names.queue_key(uid))
+                        writes.append(uid, incoming.message().stored)
+                        queued.append(uid)
+                    # A tab here, while another server drains, gets it live.
+                    if not socks or socks[0][0] == me or all(s != me for s, _ in socks):
+                        continue
+                    alone = False
+                else:
+                    holders = {server for server, _ in socks}
+                    if remember:
+                        duty = socks[0][0] if len(holders) == 1 else tuple(holders)
+                        self.recent.append((now, view.seq, uid, incoming, duty))
+                    if me not in holders:
+                        continue
+                    alone = len(holders) == 1
+                user = self.registry.user(uid) or self.registry.hold(uid)
+                if user.holding:
+                    user.held.append(incoming.message())
                     continue
+                live = user.live()
+                if not live:
+                    # Our sockets of this user left and the others have not read it yet:
+                    # keep it to give back with what they held (unless others have it).
+                    if alone:
+                        user.leftover.append(incoming.message())
+                    else:
+                        self.registry.forget_if_idle(user)
+                    continue
+                msg = incoming.message()
                 # With only ack-mode sockets, a message is delivered once acknowledged, so
                 # it is recorded in flight before it is sent; written to a socket that
                 # does not acknowledge, it is delivered.
                 acked_only = all(c.ack for c in live)
                 if acked_only:
                     writes.track(uid, msg.stored)
-                sends.append((user, msg, acked_only))
+                first = socks[0]
+                sends.append((user, msg, acked_only, first[1] if first[0] == me else None))
             cut = retrying("writing to Redis", writes.execute) if writes else []
-            for (uid, _), dropped in zip(queued, cut, strict=True):
+            for uid, dropped in zip(queued, cut, strict=True):
                 self.metrics.queued.inc()
                 for raw in dropped:
                     self.metrics.trimmed.inc()
                     log.warning("%s: queue is over max_queue_length, dropping its oldest message '%s'",
                                 uid, envelope.preview(envelope.loads(raw)))
-            late = self.store.writes(from_listener=True)
-            for user, msg, acked_only in sends:
-                if not (user.live() and self._send(user, msg, pending=acked_only)):
-                    # Its last socket was cut off earlier in this batch: queue it, behind
-                    # what that socket held (which its close gives back to the head).
-                    late.append(user.uid, msg.stored, untrack=acked_only)
-            if late:
-                retrying("queueing for a socket that was cut off", late.execute)
+            for user, msg, acked_only, bubble in sends:
+                if not (user.live() and self._send(user, msg, acked_only, bubble)):
+                    # Its last socket was cut off earlier in this batch: given back with
+                    # what that socket held, behind it.
+                    user.leftover.append(msg)
         finally:
             for lock in reversed(locks):
                 lock.release()
 
     ### To sockets ###
 
-    def _send(self, user: User, msg: Message, pending: bool) -> bool:
-        """Send to every open socket of `user` (their lock held).
+    def _bubble(self, uid: str) -> str | None:
+        """The sid of the user's oldest socket on any server, if it is here."""
+        socks = self.view.sockets.get(uid)
+        return socks[0][1] if socks and socks[0][0] == self.me else None
+
+    def _send(self, user: User, msg: Message, pending: bool, bubble: str | None) -> bool:
+        """Send to every open socket of `user` here (their lock held).
 
         `pending`: the message waits for an ack in `user.pending` (it is in flight in
         Redis already), and a socket that goes away gives it back. Otherwise it counts as
         delivered once written; False if no socket took it (all cut off for slowness).
+        `bubble`: the sid of the socket that shows a notification.
         """
         conns = user.live()
         if pending:
@@ -220,8 +341,7 @@ class Dispatcher:
         if log.isEnabledFor(logging.INFO):
             log.info("%s: Sending message '%s' from %s",
                      user.uid, envelope.preview(msg.envelope), msg.envelope["source"])
-        first = conns[0]
-        took = [conn for conn in conns if self._write(user, conn, msg, conn is first)]
+        took = [conn for conn in conns if self._write(user, conn, msg, conn.sid == bubble)]
         if pending:
             return True
         if any(not conn.ack for conn in took):
@@ -307,28 +427,175 @@ class Dispatcher:
     def wake_settler(self) -> None:
         self._settle_wakeup.set()
 
+    ### The cluster's events ###
+
+    def _event(self, event: dict[str, Any]) -> None:
+        view = self.view
+        if not view.synced:
+            joining = self._joining
+            if joining is not None and event["g"] == joining[0]:
+                view.load(*joining)
+                self._joining = None
+                log.info("Joined %d server(s) on this Redis: %s", len(view.servers), ", ".join(view.servers))
+                self._loaded()
+            return  # events before our `up` are in the state it returned
+        if event["g"] <= view.seq:
+            # The numbers started again: Redis lost its data (a restart without
+            # persistence, or FLUSHALL). Join again, as a new era.
+            log.warning("Redis lost the cluster's state; announcing this server and its sockets again")
+            self.recent.clear()
+            self.checkpoint = 0
+            self.on_reset()
+            return
+        kind = event["t"]
+        homes = self._homes_of(event) if kind in ("off", "down") else {}
+        view.apply(event)
+        getattr(self, f"_on_{kind}")(event, homes)
+
+    def _loaded(self) -> None:
+        """Act on the state we joined with as if we had read it happen: after a lost
+        subscription, the events we missed."""
+        view = self.view
+        for conn in sorted(self.registry.conns.values(), key=lambda c: c.connected_at):
+            uid = conn.announced
+            if uid is not None and conn.uid is None and (self.me, conn.sid) in view.sockets.get(uid, ()):
+                with self.registry.user_lock(uid):
+                    self.registry.join(conn, uid)
+        for user in list(self.registry.users.values()):
+            for sid in list(user.leaving):
+                if (self.me, sid) not in view.sockets.get(user.uid, ()):
+                    self.spawn(self._give_back, user.uid, sid)
+            if user.holding and user.end is None:
+                user.end = (view.seq, self.me)  # its end is behind us
+            user.drain_wakeup.set()
+        for uid in list(view.draining):
+            if view.home(uid) == self.me:
+                self._start_drain(uid)
+
+    def _homes_of(self, event: dict[str, Any]) -> dict[str, str | None]:
+        """Where the drains of the users an event concerns run now, to see them move."""
+        view = self.view
+        if event["t"] == "off":
+            return {event["u"]: view.home(event["u"])}
+        server = event["s"]
+        return {uid: socks[0][0] for uid, socks in view.sockets.items() if any(s == server for s, _ in socks)}
+
+    def _on_ping(self, event: dict[str, Any], _: Any) -> None:
+        if event["s"] != self.me:
+            return
+        self.on_pong()
+        # Everything read before our ping is delivered or in Redis, unless held here.
+        if not any(u.held or u.leftover for u in list(self.registry.users.values())):
+            self.checkpoint = event["g"]
+        cutoff = time.monotonic() - KEEP_RECENT
+        recent = self.recent
+        while recent and recent[0][0] < cutoff:
+            recent.popleft()
+
+    def _on_up(self, event: dict[str, Any], _: Any) -> None:
+        if event["s"] != self.me:
+            log.info("Server %s joined; %d on this Redis", event["s"], len(self.view.servers))
+
+    def _on_on(self, event: dict[str, Any], _: Any) -> None:
+        uid = event["u"]
+        for gone in event["x"]:
+            server, _, sid = gone.partition(" ")
+            old = self.registry.get(sid) if server == self.me else None
+            if old is not None:
+                log.info("%s: more than %d sockets open, closing the oldest (%s)",
+                         uid, self.registry.user_conn_limit, old.address)
+                self.transport.disconnect(old)
+        if event["s"] == self.me:
+            conn = self.registry.get(event["c"])
+            if conn is not None and conn.announced == uid and conn.uid is None:
+                with self.registry.user_lock(uid):
+                    user = self.registry.join(conn, uid)
+                    self._replay(user, conn)
+        if event["d"]:
+            self._began(uid, event["g"])
+
+    def _began(self, uid: str, seq: int) -> None:
+        """A drain of `uid` began at event `seq`: the owner certifies, the home drains."""
+        home = self.view.home(uid)
+        if self.view.owner(uid) == self.me and home != self.me:
+            self._seal(uid, seq)
+        if home == self.me:
+            self._start_drain(uid)
+
+    def _seal(self, uid: str, seq: int) -> None:
+        # Every message before `seq` was read, and queued if it was ours to queue.
+        retrying(f"certifying the queue of {uid}", lambda: self.cluster.mark("sealed", [uid], ref=seq))
+
+    def _on_off(self, event: dict[str, Any], homes: dict[str, str | None]) -> None:
+        uid = event["u"]
+        if event["s"] == self.me:
+            self.spawn(self._give_back, uid, event["c"])
+        self._moved(homes)
+
+    def _on_down(self, event: dict[str, Any], homes: dict[str, str | None]) -> None:
+        dead = event["s"]
+        if dead == self.me:
+            log.error("Other servers declared this one dead (its heartbeat lapsed); rejoining")
+            self.on_declared_dead()
+            return
+        log.warning("Server %s is gone; %d left on this Redis", dead, len(self.view.servers))
+        self._moved(homes)
+        if self.recoveries.pop(event["g"], None) == dead:
+            self.spawn(self.recover, dead, event["g"])
+
+    def _moved(self, homes: dict[str, str | None]) -> None:
+        """Users whose oldest socket changed server mid-drain: the new home drains on."""
+        for uid, before in homes.items():
+            if uid in self.view.draining and self.view.home(uid) == self.me != before:
+                self._start_drain(uid)
+
+    def _on_ending(self, event: dict[str, Any], _: Any) -> None:
+        for uid in event["u"]:
+            owner, home = self.view.owner(uid), self.view.home(uid)
+            if home == self.me:
+                user = self.registry.user(uid)
+                if user is not None:
+                    user.end = (event["g"], owner)
+                    user.drain_wakeup.set()
+            elif owner == self.me and home is not None:
+                self._seal(uid, event["g"])
+
+    def _on_sealed(self, event: dict[str, Any], _: Any) -> None:
+        self._wake_drains(event["u"])
+
+    def _on_returned(self, event: dict[str, Any], _: Any) -> None:
+        self._wake_drains(event["u"])
+        for uid in event["w"]:
+            self._began(uid, event["g"])
+
+    def _on_recovered(self, event: dict[str, Any], _: Any) -> None:
+        self._wake_drains(list(self.registry.users))
+        for uid in event["w"]:
+            self._began(uid, event["g"])
+
+    def _wake_drains(self, uids: list[str]) -> None:
+        for uid in uids:
+            user = self.registry.user(uid)
+            if user is not None and user.draining:
+                user.drain_wakeup.set()
+
     ### Identify and drain ###
 
     def admit(self, conn: Conn, uid: str, ack: bool) -> None:
-        """Attach an identified socket to `uid`, then deliver the user's queue in order.
+        """Announce an identified socket to every server; it joins when that comes back.
 
-        Runs after the identify reply went out, so the reply comes before any message.
+        The lock is held across the announcement so that the socket's leaving, if it
+        leaves meanwhile, is announced after it, and so that our listener, which reads
+        the announcement, joins the socket only after the identify reply is on its way.
         """
         with self.registry.user_lock(uid):
-            if self.registry.get(conn.sid) is not conn or conn.uid is not None or conn.requested != uid:
+            if (self.registry.get(conn.sid) is not conn or conn.announced is not None
+                    or conn.requested != uid):
                 return  # gone, or identified again, while we waited for the lock
-            user, evicted = self.registry.join(conn, uid, ack)
-            # Replay before evicting, so that what the evicted socket held has a new holder.
-            self._replay(user, conn)
-            for old in evicted:
-                log.info("%s: more than %d sockets open, closing the oldest (%s)",
-                         uid, self.registry.user_conn_limit, old.address)
-                self.leave(old)
-                self.transport.disconnect(old)
-            if user.draining:
-                return  # the running drain sends its next batches to this socket too
-            user.draining = True
-        self._drain(user)
+            conn.ack = ack
+            conn.announced = uid
+            retrying(f"announcing a socket of {uid}",
+                     lambda: self.cluster.on(conn.sid, uid, self.registry.user_conn_limit))
 
     def _replay(self, user: User, conn: Conn) -> None:
         """Bring a socket that joins an online user up to date, in order.
@@ -338,6 +605,7 @@ class Dispatcher:
         """
         drained = {m.id for m in user.drain_log}
         older = [p.message for p in user.pending.values() if p.message.id not in drained]
+        bubble = self._bubble(user.uid)
         for msg in older + user.drain_log:
             pending = user.pending.get(msg.id)
             if pending is not None:
@@ -347,46 +615,98 @@ class Dispatcher:
                     del user.pending[msg.id]
                     self.metrics.delivered.inc()
                     self._settle(user.uid, [msg.stored])
-            self._write(user, conn, msg, conn is user.live()[0])
+            self._write(user, conn, msg, conn.sid == bubble)
 
-    def wake(self, uid: str) -> None:
-        """Drain a user who is online here and had messages put back in their queue."""
+    def _start_drain(self, uid: str) -> None:
         with self.registry.user_lock(uid):
             user = self.registry.user(uid)
-            if user is None or not user.live() or user.draining:
+            if user is None or not user.live():
+                return
+            if user.draining:
+                user.drain_wakeup.set()
                 return
             user.draining = True
         self.spawn(self._drain, user)
 
     def _drain(self, user: User) -> None:
+        """Deliver the queue to a user whose oldest socket is here, in order.
+
+        A drain begins at an event (the user's first socket, or messages given back);
+        from then on their messages are queued, by their owner, behind the drain. It
+        waits for the owner to have read that far, takes the queue batch by batch, and
+        when it finds it empty announces its end: live delivery resumes from that event,
+        here held back until the owner has read that far too and the last queued
+        messages from before it are sent.
+        """
         uid = user.uid
         lock = self.registry.user_lock(uid)
+        view = self.view
         announced = False
         while True:
+            batch = None
+            waiting: set[str] = set()
             with lock:
-                if not user.live():
+                if not user.live() or view.home(uid) != self.me:
                     self._end_drain(user)
                     return
-                batch = None if user.returning else self._claim(uid)
-                if batch == []:
-                    self._end_drain(user)
-                    return
+                if user.holding:
+                    if user.end is None or not view.sealed(uid, *user.end):
+                        batch = None  # the end is not read, or not certified yet
+                    else:
+                        batch = self._claim(uid, user.end[0])
+                        if batch == []:
+                            self._release_held(user)
+                            continue
+                else:
+                    begun = view.draining.get(uid)
+                    if begun is None:
+                        self._end_drain(user)
+                        return
+                    if view.sealed(uid, *begun) and uid not in view.returning:
+                        batch = self._claim(uid)
                 if batch:
                     if not announced:
                         announced = True
                         log.info("%s has %d messages enqueued, purging!",
                                  names.user_channel(uid), self._queued_count(uid, len(batch)))
                     waiting = self._send_drained(user, batch)
+                elif batch == []:
+                    user.holding, user.end = True, None
                 user.drain_wakeup.clear()
+            if batch == []:
+                retrying(f"ending the drain of {uid}",
+                         partial(self.cluster.mark, "ending", [uid], drain="end"))
+                continue
             if batch is None:
-                # A give-back on its way to the head of the queue, or Redis away: wait.
+                # Waiting on the owner, on a give-back, or on Redis.
                 user.drain_wakeup.wait(1.0)
                 continue
             self._await_acks(user, waiting)
 
-    def _claim(self, uid: str) -> list[bytes] | None:
+    def _release_held(self, user: User) -> None:
+        """The drain is over: send what arrived since its end, live from now (lock held)."""
+        held, user.held = user.held, []
+        user.holding, user.end = False, None
+        live = user.live()
+        if not held:
+            return
+        if not live:
+            user.leftover.extend(held)
+            return
+        acked_only = all(c.ack for c in live)
+        if acked_only:
+            writes = self.store.writes()
+            for msg in held:
+                writes.track(user.uid, msg.stored)
+            retrying("recording messages in flight", writes.execute)
+        bubble = self._bubble(user.uid)
+        for msg in held:
+            if not (user.live() and self._send(user, msg, acked_only, bubble)):
+                user.leftover.append(msg)
+
+    def _claim(self, uid: str, before: int = 0) -> list[bytes] | None:
         try:
-            return self.store.claim(uid, self.drain_batch)
+            return self.store.claim(uid, self.drain_batch, before, self.view.era)
         except redis.RedisError as exc:
             log.warning("%s: cannot read the queue yet (%s); retrying", uid, exc)
             return None
@@ -394,11 +714,12 @@ class Dispatcher:
     def _send_drained(self, user: User, batch: list[bytes]) -> set[str]:
         waiting = set()
         delivered, undelivered = [], []
+        bubble = self._bubble(user.uid)
         for raw in batch:
             msg = Message.from_stored(raw.decode("utf-8"))
             live = user.live()
             acked_only = all(c.ack for c in live)
-            if not live or not self._send(user, msg, pending=acked_only):
+            if not live or not self._send(user, msg, acked_only, bubble):
                 undelivered.append(msg.stored)  # every socket left or was cut off
                 continue
             self.metrics.drained.inc()
@@ -442,20 +763,24 @@ class Dispatcher:
     def _end_drain(self, user: User) -> None:
         user.draining = False
         user.drain_log = []
+        if user.holding:
+            # Our sockets left before the drain's end was certified: what arrived since
+            # is given back with what they held.
+            user.leftover.extend(user.held)
+            user.held, user.holding, user.end = [], False, None
         self.registry.forget_if_idle(user)
 
     ### Leaving ###
 
     def leave(self, conn: Conn) -> None:
-        """Detach a socket; give back what only it was holding (SPEC §5 rule 5)."""
-        uid = conn.uid
+        """Detach a socket and announce it; what only it held is given back once every
+        server has read that (`_give_back`), so nothing it missed meanwhile is lost."""
+        uid = conn.announced
         if uid is None:
             return
-        lock = self.registry.user_lock(uid)
-        with lock:
-            user = self.registry.leave(conn)
-            if user is None:
-                return
+        with self.registry.user_lock(uid):
+            conn.announced = None
+            user = self.registry.leave(conn) or self.registry.hold(uid)
             orphans: list[Pending] = []
             for pending in list(user.pending.values()):
                 pending.waiting.discard(conn.sid)
@@ -463,45 +788,47 @@ class Dispatcher:
                 # the ack and the recommit would count it.
                 if not pending.waiting and user.pending.pop(pending.message.id, None) is not None:
                     orphans.append(pending)
+            user.leaving[conn.sid] = orphans
             if user.draining:
                 user.drain_wakeup.set()
-            if not orphans:
-                self.registry.forget_if_idle(user)
-                return
-            # Given back without the lock held: a large give-back takes a while, and the
-            # listener must not wait on it to deliver other users' messages. New messages
-            # for this user queue at the tail meanwhile; a drain waits for `returning`.
+        retrying(f"announcing that a socket of {uid} left",
+                 lambda: self.cluster.off(conn.sid, uid, True))
+
+    def _give_back(self, uid: str, sid: str) -> None:
+        """Every server has read that socket `sid` left: give back what only it had."""
+        lock = self.registry.user_lock(uid)
+        with lock:
+            user = self.registry.hold(uid)
+            orphans = [p.message for p in user.leaving.pop(sid, [])]
+            leftover, user.leftover = user.leftover, []
             user.returning += 1
+        given = orphans + leftover
         try:
-            self.recommit(uid, orphans)
+            if given:
+                self.recommit(uid, given)
         finally:
             with lock:
                 user.returning -= 1
-                user.drain_wakeup.set()
                 self.registry.forget_if_idle(user)
-                if user.live() and not user.draining:
-                    # The user is still here on a socket that was not sent these: drain
-                    # them to it, from a task of its own since callers may hold locks.
-                    user.draining = True
-                    self.spawn(self._drain, user)
+        # Announced even when nothing was given: drains wait for it. If something was,
+        # and the user is still online, their queue is drained again.
+        retrying(f"announcing the give-back of {uid}",
+                 lambda: self.cluster.mark("returned", [uid], drain="start" if given else ""))
 
-    def recommit(self, uid: str, orphans: list[Pending]) -> None:
+    def recommit(self, uid: str, messages: list[Message]) -> None:
         if log.isEnabledFor(logging.INFO):
             # One line a message, as in the seed, but not thousands in one go: that much
             # logging at once would stall every other delivery.
-            for pending in orphans[:LOG_RECOMMITS]:
+            for msg in messages[:LOG_RECOMMITS]:
                 log.info(
                     "%s: Client is no longer online, recommitting '%s' to %s queue.",
-                    uid, envelope.preview(pending.message.envelope), names.user_channel(uid),
+                    uid, envelope.preview(msg.envelope), names.user_channel(uid),
                 )
-            if len(orphans) > LOG_RECOMMITS:
+            if len(messages) > LOG_RECOMMITS:
                 log.info("%s: ... and %d more recommitted to %s queue.",
-                         uid, len(orphans) - LOG_RECOMMITS, names.user_channel(uid))
-        retrying(
-            f"recommitting for {uid}",
-            lambda: self.store.recommit(uid, [p.message.stored for p in orphans]),
-        )
-        self.metrics.recommitted.inc(len(orphans))
+                         uid, len(messages) - LOG_RECOMMITS, names.user_channel(uid))
+        retrying(f"recommitting for {uid}", lambda: self.store.recommit(uid, [m.stored for m in messages]))
+        self.metrics.recommitted.inc(len(messages))
 
     def _drop_unresponsive(self, user: User, late: list[Pending]) -> None:
         """Disconnect sockets that held a message past `ack_timeout` (lock held)."""
@@ -524,3 +851,31 @@ class Dispatcher:
                 late = [p for p in user.pending.values() if p.sent_at < cutoff]
                 if late and not user.draining:
                     self._drop_unresponsive(user, late)
+
+    ### A server that died ###
+
+    def recover(self, dead: str, down_at: int) -> None:
+        """Redo what `dead` had not finished: give back its in-flight messages, and queue
+        the messages it was to deliver or queue since its last checkpoint, from our own
+        copy of the sequence, each in its place."""
+        try:
+            raw = self.store.redis.get(names.checkpoint_key(dead))
+            since = int(raw) if raw else 0
+            owed: dict[str, list[str]] = {}
+            for _, seq, uid, incoming, duty in list(self.recent):
+                if since <= seq < down_at and duty == dead:
+                    owed.setdefault(uid, []).append(incoming.message().stored)
+            uids = sorted(set(owed) | self.store.inflight_users(dead))
+            given = 0
+            for uid in uids:
+                given += retrying(f"recovering for {uid}",
+                                  partial(self.store.recover, dead, uid, self.view.era, owed.get(uid, [])))
+            self.store.redis.delete(names.inflight_users_key(dead), names.checkpoint_key(dead))
+            self.metrics.recommitted.inc(given)
+            log.warning("Server %s is gone; gave %d messages (%d of them read since its last "
+                        "checkpoint) back to %d queues", dead, given, sum(map(len, owed.values())), len(uids))
+        except Exception:
+            log.exception("Could not redo the work of dead server %s", dead)
+            uids = []
+        retrying(f"announcing the recovery of {dead}",
+                 lambda: self.cluster.mark("recovered", uids, drain="start", ref=dead))

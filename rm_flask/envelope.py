@@ -22,10 +22,11 @@ def new_id() -> str:
     return f"{_PREFIX}-{next(_counter):x}"
 
 
-def make(source: str, data: bytes | str, timestamp_ms: int | None = None) -> Envelope:
+def make(source: str, data: bytes | str, timestamp_ms: int | None = None,
+         msg_id: str | None = None) -> Envelope:
     """Wrap published data; data that is not UTF-8 is carried as base64, never dropped."""
     envelope: Envelope = {
-        "id": new_id(),
+        "id": new_id() if msg_id is None else msg_id,
         "source": source,
         "timestamp": int(time.time() * 1000) if timestamp_ms is None else timestamp_ms,
     }

@@ -175,13 +175,15 @@ def init_app(socketio: SocketIO, service: Service) -> None:
             return {"ok": False, "error": exc.code}
         if conn.requested == uid:
             return {"ok": True, "uid": uid}  # the same identify again: nothing changes
-        if conn.uid is not None:
+        if conn.announced is not None:
             dispatcher.leave(conn)
         conn.requested = uid
         metrics.identified.inc()
         log.info("Assigning id %s to socket %s.", uid, conn.address)
         log.info("You're subscribed to %s!", names.user_channel(uid))
-        socketio.start_background_task(dispatcher.admit, conn, uid, ack)
+        # Announced before the reply, so that whatever is published once the client has
+        # its reply comes after the announcement in every server's sequence.
+        dispatcher.admit(conn, uid, ack)
         return {"ok": True, "uid": uid}
 
     @socketio.on("disconnect", namespace=namespace)
@@ -190,8 +192,7 @@ def init_app(socketio: SocketIO, service: Service) -> None:
         if conn is None:
             return
         metrics.sockets.dec()
-        if conn.uid is not None:
-            dispatcher.leave(conn)
+        dispatcher.leave(conn)
 
 
 def check_key(client: redis.Redis, uid: str, key: str | None) -> None:

@@ -21,8 +21,11 @@ MAX_BATCH = 500  # messages handled together at most, to bound latency and memor
 class Listener:
     """PSUBSCRIBE `rm.*`, deliver, and come back by itself after Redis goes away.
 
-    Liveness is proven end to end: `ping()` PUBLISHes to a channel only this server
-    listens on, and `last_pong` records when it came back through the subscription. A
+    It also follows `rm:cluster`, the other servers' events, in the same sequence; once
+    subscribed it calls `on_subscribed` (which announces this server) before reading on.
+
+    Liveness is proven end to end: the service publishes a ping event now and then, and
+    `pong()` records when it came back through the subscription. A
     subscription that delivers nothing at all, not even our pings, is closed, which sends
     `run` round its reconnect loop. A busy one is only late: its pings queue behind the
     apps' messages, and closing it would throw away everything Redis holds for us.
@@ -31,13 +34,13 @@ class Listener:
     def __init__(
         self,
         client: redis.Redis,
-        server_id: str,
         on_messages: Callable[[list[tuple[str, bytes]]], None],
+        on_subscribed: Callable[[], None],
         on_reconnect: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
-        self.control = names.control_channel(server_id)
         self.on_messages = on_messages
+        self.on_subscribed = on_subscribed
         self.on_reconnect = on_reconnect
         self.subscribed = False
         self.last_pong = 0.0
@@ -54,7 +57,7 @@ class Listener:
             self._pubsub = pubsub
             try:
                 pubsub.psubscribe(names.PATTERN)
-                pubsub.subscribe(self.control)
+                pubsub.subscribe(names.CLUSTER_CHANNEL)
                 for message in pubsub.listen():
                     batch: list[tuple[str, bytes]] = []
                     if self._take(message, batch):
@@ -97,8 +100,9 @@ class Listener:
         if kind == "pmessage":
             batch.append((message["channel"].decode("utf-8", "replace"), message["data"]))
         elif kind == "message":
-            self.last_pong = self.last_received
+            batch.append((names.CLUSTER_CHANNEL, message["data"]))
         elif kind == "subscribe":
+            self.on_subscribed()
             self._on_subscribed(self._down_since)
             self._down_since = None
             return True
@@ -113,9 +117,9 @@ class Listener:
         if self._connections > 1 and self.on_reconnect:
             self.on_reconnect()
 
-    def ping(self) -> None:
-        """Send a round trip through the subscription; `last_pong` moves when it lands."""
-        self.client.publish(self.control, b"ping")
+    def pong(self) -> None:
+        """Our ping came back through the subscription."""
+        self.last_pong = time.monotonic()
 
     def kick(self) -> None:
         """Drop a subscription that stopped delivering, so that `run` makes a new one."""

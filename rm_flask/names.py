@@ -76,12 +76,24 @@ def parse_channel(channel: str) -> tuple[str, str] | None:
     return (kind, ident) if valid_id(ident) else None
 
 
-def control_channel(server_id: str) -> str:
-    """A channel only `server_id` listens on: its own PUBLISHes prove the subscription live.
+# Presence and process events of every server, in the order of the messages (see
+# cluster.py). Outside the `rm.*` pattern so that apps' channels and ours never mix.
+CLUSTER_CHANNEL = f"{PREFIX}:cluster"
+CLUSTER_SEQ_KEY = f"{PREFIX}:cluster:seq"  # numbers the events
+CLUSTER_ERA_KEY = f"{PREFIX}:cluster:era"  # set once per Redis data set; starts message ids
+SOCKETS_KEY = f"{PREFIX}:cluster:sockets"  # hash: "$server $sid" -> "$order $uid"
+DRAINING_KEY = f"{PREFIX}:cluster:draining"  # hash: uid -> event number its drain began at
+USER_SOCKETS_PREFIX = f"{PREFIX}:cluster:users:"
 
-    It is outside the `rm.*` pattern so that apps' channels and ours never mix.
-    """
-    return f"{PREFIX}:servers:{server_id}:ping"
+
+def user_sockets_key(uid: str) -> str:
+    """The sorted set of `uid`'s identified sockets on every server, oldest first."""
+    return f"{USER_SOCKETS_PREFIX}{uid}"
+
+
+def checkpoint_key(server_id: str) -> str:
+    """The last event before which `server_id` has handled every message for good."""
+    return f"{PREFIX}:servers:{server_id}:checkpoint"
 
 
 def client_name(server_id: str) -> str:

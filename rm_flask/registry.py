@@ -29,6 +29,7 @@ class Conn:
     connected_at: float = field(default_factory=time.monotonic)
     uid: str | None = None  # set once the socket is attached to its user
     requested: str | None = None  # the uid it identified as, from the identify reply on
+    announced: str | None = None  # the uid every server was told this socket holds
     ack: bool = False
     closing: bool = False  # cut off (too slow): gets nothing more while its close completes
 
@@ -55,6 +56,14 @@ class User:
     # Leaving sockets whose unacknowledged messages are on their way back to the queue.
     returning: int = 0
     drain_wakeup: threading.Event = field(default_factory=threading.Event)
+    # Sockets gone here whose leaving the other servers have not read yet; meanwhile what
+    # only they would have got is kept, to be given back with what they held.
+    leaving: dict[str, list[Pending]] = field(default_factory=dict)
+    leftover: list[Message] = field(default_factory=list)
+    # The end of a drain: live messages wait here until the last queued ones are sent.
+    holding: bool = False
+    held: list[Message] = field(default_factory=list)
+    end: tuple[int, str] | None = None  # the drain's `ending` event, and who certifies it
 
     def live(self) -> list[Conn]:
         """The sockets that still get messages, oldest first."""
@@ -108,16 +117,23 @@ class Registry:
     def user(self, uid: str) -> User | None:
         return self.users.get(uid)
 
-    def join(self, conn: Conn, uid: str, ack: bool) -> tuple[User, list[Conn]]:
-        """Attach `conn` to `uid`; return the user and the oldest sockets it pushes out."""
+    def join(self, conn: Conn, uid: str) -> User:
+        """Attach `conn` to `uid`."""
         with self._lock:
             user = self.users.get(uid)
             if user is None:
                 user = self.users[uid] = User(uid)
-            conn.uid, conn.ack = uid, ack
+            conn.uid = uid
             user.conns.append(conn)
-            evicted = user.conns[: max(0, len(user.conns) - self.user_conn_limit)]
-            return user, evicted
+            return user
+
+    def hold(self, uid: str) -> User:
+        """The user, kept even while they have no socket here."""
+        with self._lock:
+            user = self.users.get(uid)
+            if user is None:
+                user = self.users[uid] = User(uid)
+            return user
 
     def leave(self, conn: Conn) -> User | None:
         """Detach `conn` from its user; forget the user once nothing of theirs is left."""
@@ -134,7 +150,8 @@ class Registry:
 
     @staticmethod
     def _idle(user: User) -> bool:
-        return not (user.conns or user.pending or user.draining or user.returning)
+        return not (user.conns or user.pending or user.draining or user.returning
+                    or user.leaving or user.leftover or user.holding)
 
     def forget_if_idle(self, user: User) -> None:
         with self._lock:

@@ -16,6 +16,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import names
+from .cluster import Cluster
 from .config import Config
 from .dispatcher import Dispatcher
 from .events import SocketTransport
@@ -72,17 +73,20 @@ class Service:
         self.registry = Registry(config.conn_limit, config.user_conn_limit)
         self.store = Store(self.redis, self.server_id, config.queue_expiry, config.max_queue_length)
         self.transport = SocketTransport(socketio, config.rm_route, config.max_buffered)
+        self.cluster = Cluster(self.redis, self.server_id)
         self.dispatcher = Dispatcher(
             self.store, self.registry, self.transport, self.metrics,
-            spawn=socketio.start_background_task,
+            spawn=socketio.start_background_task, cluster=self.cluster,
             drain_batch=config.drain_batch, ack_timeout=config.ack_timeout,
             max_payload=config.max_payload,
         )
         self.listener = Listener(
-            self.pubsub_redis, self.server_id, self.dispatcher.route_batch,
+            self.pubsub_redis, self.dispatcher.route_batch, on_subscribed=self._join,
             on_reconnect=self.metrics.redis_reconnects.inc,
         )
-        self.other_servers: set[str] = set()
+        self.dispatcher.on_pong = self.listener.pong
+        self.dispatcher.on_declared_dead = self._join
+        self.dispatcher.on_reset = self._join
         # Whether Redis answered the last heartbeat (each second). The listener may still
         # count as subscribed while Redis is gone: it retries the writes of messages it
         # already holds before it reads on and finds the connection closed.
@@ -120,7 +124,6 @@ class Service:
             single_connection_client=True,
         )
         self._heartbeat()
-        self.reap_dead_servers()
         # Everything made so far lives as long as the process: keep the collector from
         # walking it again and again. Its full passes over a heap of thousands of
         # sockets showed as pauses of tens of ms in the benchmark's latency tail.
@@ -138,18 +141,23 @@ class Service:
 
     ### Liveness ###
 
+    def _join(self) -> None:
+        """Subscribed (again): announce this server and learn the cluster as of then."""
+        self.dispatcher.joining(self.cluster.up(self.dispatcher.own_sockets()))
+
     def _heartbeat(self) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.sadd(names.SERVERS_KEY, self.server_id)
         pipe.set(names.server_key(self.server_id), f"{socket.gethostname()} {os.getpid()}", ex=HEARTBEAT_TTL)
+        if self.dispatcher.checkpoint:
+            pipe.set(names.checkpoint_key(self.server_id), self.dispatcher.checkpoint, ex=3600)
         pipe.execute()
 
     def reap_dead_servers(self) -> None:
-        """Give the in-flight messages of servers that died back to their users' queues.
+        """Declare dead the servers that died; the first survivor to do so redoes their work.
 
         A server is dead when its heartbeat expired, or when Redis holds no connection of
-        its (a process that is killed loses its connections at once, so a restart right
-        after `kill -9` does not wait for the heartbeat to run out).
+        its (a process that is killed loses its connections at once, so its users, who
+        reconnect elsewhere within a second or two, are served again within about as long).
         """
         try:
             others = {m.decode() for m in self.redis.smembers(names.SERVERS_KEY)} - {self.server_id}
@@ -159,55 +167,31 @@ class Service:
                 connected = {c.get("name", "") for c in self.redis.client_list()}
             except redis.ResponseError:  # CLIENT LIST may be disabled on managed Redis
                 connected = None
-            living = []
             for other in sorted(others):
                 alive = self.redis.exists(names.server_key(other))
                 if alive and (connected is None or names.client_name(other) in connected):
-                    living.append(other)
                     continue
-                given = self.store.recommit_all(other)
-                self.redis.srem(names.SERVERS_KEY, other)
-                if given:
-                    log.warning(
-                        "Server %s is gone; gave %d in-flight messages back to %d queues",
-                        other, sum(given.values()), len(given),
-                    )
-                    self.metrics.recommitted.inc(sum(given.values()))
-                    for uid in given:
-                        self.dispatcher.wake(uid)
-            self._warn_about(living)
+                seq = self.cluster.down(other)
+                if seq:
+                    # Recovered once our listener has read up to this event.
+                    self.dispatcher.recoveries[seq] = other
         except redis.RedisError as exc:
             log.warning("Could not check for dead servers: %s", exc)
 
-    def _warn_about(self, others: list[str]) -> None:
-        """Say it, once per change, when other servers use this Redis too (not supported yet)."""
-        if set(others) == self.other_servers:
-            return
-        self.other_servers = set(others)
-        if others:
-            log.warning(
-                "%d other RedMessenger server(s) use this Redis (%s). Run one per Redis for now: "
-                "with several, each queues every message for an offline user (duplicates) and "
-                "computes bubble among its own sockets only.", len(others), ", ".join(others),
-            )
-
     def _housekeeping(self) -> None:
-        last_reap = time.monotonic()
         while not self._stopped.wait(HOUSEKEEPING_EVERY):
             try:
                 self._expire_unidentified()
                 self.dispatcher.expire_unacknowledged()
                 self._heartbeat()
-                self.listener.ping()
+                self.cluster.mark("ping")
                 self.redis_ok = True
                 if (
                     self.listener.subscribed
                     and time.monotonic() - self.listener.last_received > STUCK_AFTER
                 ):
                     self.listener.kick()
-                if time.monotonic() - last_reap > 5:
-                    last_reap = time.monotonic()
-                    self.reap_dead_servers()
+                self.reap_dead_servers()
             except redis.RedisError as exc:
                 self.redis_ok = False
                 log.debug("housekeeping: Redis unavailable: %s", exc)
@@ -234,7 +218,7 @@ class Service:
         status: dict[str, Any] = {
             "server": self.server_id,
             "connections": self.registry.count(),
-            "other_servers": len(self.other_servers),
+            "servers": len(self.dispatcher.view.servers),
         }
         try:
             self.redis.ping()

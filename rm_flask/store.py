@@ -17,6 +17,22 @@ import redis
 
 from . import names
 
+# Where a stored envelope stands in the sequence of messages all servers read: its id is
+# "$era.$event.$count" (hex, see cluster.View.next_id). The era changes when Redis loses
+# its data (event numbers start again); positions compare within one era only.
+_POSITION = """
+local function position(item)
+  local era, g, n = string.match(item, '^{"id":"([^".]*)%.(%x+)%.(%x+)"')
+  if g then return tonumber(g, 16), tonumber(n, 16), era end
+  return -1, 0, nil
+end
+local function before(a, b)
+  local ag, an, aera = position(a)
+  local bg, bn, bera = position(b)
+  return aera ~= nil and aera == bera and (ag < bg or (ag == bg and an < bn))
+end
+"""
+
 # A batch of writes in one step: queue appends (with the TTL refreshed and the oldest cut
 # past the cap) and in-flight records. Atomic, so that two servers appending at once
 # cannot cut each other's messages, a crash cannot leave a queue without its TTL, and a
@@ -24,14 +40,29 @@ from . import names
 # KEYS: one list or sorted set per write, then the server's in-flight index.
 # ARGV: the TTL, the cap, then per write: "q" (queue) or "f" (in flight), the envelope,
 # for "q" the in-flight set to take it out of (or "") and for "f" its score, and the uid.
-_WRITE = """
+# Appends keep the queue in the order of the sequence even when two servers append for one
+# user at nearly the same time (the owner changing hands, say): one that arrives late is
+# put in its place, not at the end.
+_WRITE = _POSITION + """
 local ttl, cap, index = ARGV[1], tonumber(ARGV[2]), KEYS[#KEYS]
 local cut = {}
+local function append(key, item)
+  local at = -1
+  while true do
+    local other = redis.call('LINDEX', key, at)
+    if not other or not before(item, other) then break end
+    at = at - 1
+  end
+  if at == -1 then return redis.call('RPUSH', key, item) end
+  local after = redis.call('LINDEX', key, at)
+  if after then return redis.call('LINSERT', key, 'AFTER', after, item) end
+  return redis.call('LPUSH', key, item)
+end
 for i = 1, #KEYS - 1 do
   local at = 3 + (i - 1) * 4
   if ARGV[at] == 'q' then
     if ARGV[at + 2] ~= '' then redis.call('ZREM', ARGV[at + 2], ARGV[at + 1]) end
-    local n = redis.call('RPUSH', KEYS[i], ARGV[at + 1])
+    local n = append(KEYS[i], ARGV[at + 1])
     redis.call('EXPIRE', KEYS[i], ttl)
     if n > cap then cut[#cut + 1] = redis.call('LPOP', KEYS[i], n - cap) else cut[#cut + 1] = {} end
   else
@@ -43,9 +74,20 @@ return cut
 """
 
 # Move the first ARGV[1] messages of a queue into the server's in-flight set. Atomic so
-# that no message is ever outside Redis, or in both places, whatever dies when.
-_CLAIM = """
+# that no message is ever outside Redis, or in both places, whatever dies when. ARGV[4],
+# if not 0: take only messages from before that event of era ARGV[5] (a drain's end).
+_CLAIM = _POSITION + """
 local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+local limit = tonumber(ARGV[4])
+if limit > 0 then
+  for i = 1, #items do
+    local g, _, era = position(items[i])
+    if era == ARGV[5] and g >= limit then
+      for j = #items, i, -1 do items[j] = nil end
+      break
+    end
+  end
+end
 if #items == 0 then return items end
 redis.call('LTRIM', KEYS[1], #items, -1)
 local score = tonumber(ARGV[2])
@@ -97,6 +139,43 @@ return 0
 """
 
 
+# A dead server's work, redone by a survivor: what it held in flight for a user, and the
+# messages it was to deliver or queue after its last checkpoint (from the survivor's own
+# copy of the sequence), merged into the queue in the order of the sequence, each id once.
+# Atomic: the dead server's set and the queue change together, or not at all.
+# KEYS: the queue, the dead server's in-flight set and index. ARGV: TTL, uid, the current
+# era (messages of another come first, in their order), then the messages.
+_RECOVER = _POSITION + """
+local items = redis.call('ZRANGE', KEYS[2], 0, -1)
+for i = 4, #ARGV do items[#items + 1] = ARGV[i] end
+local given = #items
+for _, item in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do items[#items + 1] = item end
+local seen, rows = {}, {}
+for i, item in ipairs(items) do
+  local id = string.match(item, '^{"id":"([^"]*)"')
+  if not id or not seen[id] then
+    if id then seen[id] = true end
+    local g, n, era = position(item)
+    if era ~= ARGV[3] then g, n = -1, 0 end
+    rows[#rows + 1] = {g, n, i, item}
+  end
+end
+table.sort(rows, function(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  if a[2] ~= b[2] then return a[2] < b[2] end
+  return a[3] < b[3]
+end)
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[2])
+for i = 1, #rows, 500 do
+  local chunk = {}
+  for j = i, math.min(i + 499, #rows) do chunk[#chunk + 1] = rows[j][4] end
+  redis.call('RPUSH', KEYS[1], unpack(chunk))
+end
+if #rows > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return given
+"""
+
 RECOMMIT_CHUNK = 100  # messages, and bytes, given back by one script call at most
 RECOMMIT_CHUNK_BYTES = 256 * 1024
 
@@ -122,6 +201,7 @@ class Store:
         self._claim = client.register_script(_CLAIM)
         self._recommit = client.register_script(_RECOMMIT)
         self._settle = client.register_script(_SETTLE)
+        self._recover = client.register_script(_RECOVER)
         # Scores order a server's in-flight messages; they only need to grow.
         self._score = 0
         self._score_lock = threading.Lock()
@@ -137,8 +217,11 @@ class Store:
     def queue_length(self, uid: str) -> int:
         return self.redis.llen(names.queue_key(uid))
 
-    def claim(self, uid: str, count: int) -> list[bytes]:
-        """Move up to `count` of the oldest queued envelopes into our in-flight set."""
+    def claim(self, uid: str, count: int, before: int = 0, era: str = "") -> list[bytes]:
+        """Move up to `count` of the oldest queued envelopes into our in-flight set.
+
+        `before`: an event number; only messages that came before it are taken.
+        """
         start = self._next_scores(count)
         return self._claim(
             keys=[
@@ -146,7 +229,7 @@ class Store:
                 names.inflight_key(self.server_id, uid),
                 names.inflight_users_key(self.server_id),
             ],
-            args=[count, start, uid],
+            args=[count, start, uid, before, era],
         )
 
     def writes(self, from_listener: bool = False) -> Writes:
@@ -198,17 +281,23 @@ class Store:
             args=[self.queue_expiry, uid, *stored],
         )
 
-    def recommit_all(self, server_id: str) -> dict[str, int]:
-        """Give everything `server_id` held in flight back to the queues; count per uid."""
-        index = names.inflight_users_key(server_id)
-        given: dict[str, int] = {}
-        for raw in self.redis.smembers(index):
-            uid = raw.decode("utf-8", "replace")
-            items = self._recommit_for(server_id, uid, [])
-            if items:
-                given[uid] = len(items)
-        self.redis.delete(index)
-        return given
+    def inflight_users(self, server_id: str) -> set[str]:
+        members = self.redis.smembers(names.inflight_users_key(server_id))
+        return {raw.decode("utf-8", "replace") for raw in members}
+
+    def recover(self, server_id: str, uid: str, era: str, stored: Sequence[str]) -> int:
+        """Merge a dead server's in-flight messages and `stored` into `uid`'s queue, in order.
+
+        Returns how many were given (duplicates of queued ones included).
+        """
+        return self._recover(
+            keys=[
+                names.queue_key(uid),
+                names.inflight_key(server_id, uid),
+                names.inflight_users_key(server_id),
+            ],
+            args=[self.queue_expiry, uid, era, *stored],
+        )
 
     def _next_scores(self, count: int) -> int:
         with self._score_lock:

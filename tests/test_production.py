@@ -20,14 +20,15 @@ def test_gunicorn_serves_and_delivers(redis_server, logs_dir, clients, r, uid):
         proc.stop()
 
 
-def test_a_second_server_on_the_same_redis_is_warned_about(redis_server, logs_dir, r):
-    """Several processes per Redis are not supported yet: both say so, loudly."""
+def test_servers_on_one_redis_count_each_other_and_forget_a_stopped_one(redis_server, logs_dir, r):
     first = ServerProcess(redis_server.port, logs_dir, log_level="warning").start()
     second = ServerProcess(redis_server.port, logs_dir, log_level="warning").start()
     try:
-        wait_until(lambda: first.health()[1]["other_servers"] == 1, 10, "the first to see the second")
-        assert second.health()[1]["other_servers"] == 1
-        assert "other RedMessenger server(s) use this Redis" in second.log()
+        wait_until(lambda: first.health()[1]["servers"] == 2, 10, "the first to see the second")
+        assert second.health()[1]["servers"] == 2
+        second.stop()
+        wait_until(lambda: first.health()[1]["servers"] == 1, 10, "the first to see the second go")
+        assert "is gone" in first.log()
     finally:
         second.stop()
         first.stop()

@@ -45,18 +45,44 @@ def test_claim_moves_to_in_flight_and_recommit_restores_order(store, r):
     assert not r.exists("rm:inflight:srv1:u") and not r.exists("rm:inflight:srv1")
 
 
-def test_recommit_all_gives_a_dead_servers_messages_back(r):
+def env(seq, n, era="e1"):
+    """A stored envelope whose id places it in the sequence: event `seq`, message `n`."""
+    return json.dumps({"id": f"{era}.{seq:x}.{n:x}", "p": f"{seq}.{n}"}, separators=(",", ":"))
+
+
+def ids(r, uid):
+    return [json.loads(i)["id"] for i in r.lrange(f"rm:users:{uid}:messages", 0, -1)]
+
+
+def test_a_late_append_takes_its_place_in_the_sequence(r):
+    store = Store(r, "srv1", queue_expiry=100, max_queue_length=100)
+    for seq, n in [(1, 1), (1, 3), (2, 1)]:
+        store.append("u", env(seq, n))
+    store.append("u", env(1, 2))  # from a server that read the sequence a little later
+    store.append("u", env(0, 9))
+    store.append("u", env(1, 1, era="e0"))  # from before Redis lost its data: at the end
+    assert ids(r, "u") == ["e1.0.9", "e1.1.1", "e1.1.2", "e1.1.3", "e1.2.1", "e0.1.1"]
+
+
+def test_claim_stops_at_the_end_of_a_drain(r):
+    store = Store(r, "srv1", queue_expiry=100, max_queue_length=100)
+    for seq in (3, 4, 5, 6):
+        store.append("u", env(seq, 1))
+    assert [json.loads(i)["id"] for i in store.claim("u", 10, before=5, era="e1")] == ["e1.3.1", "e1.4.1"]
+    assert ids(r, "u") == ["e1.5.1", "e1.6.1"]
+
+
+def test_recover_merges_a_dead_servers_work_in_order_each_id_once(r):
     dead = Store(r, "dead", queue_expiry=100, max_queue_length=100)
-    for n in range(4):
-        dead.append("a", item(n))
-        dead.append("b", item(n))
-    dead.claim("a", 2)
-    dead.claim("b", 4)
-    writes = dead.writes()
-    writes.track("b", item(99))
-    writes.execute()
+    for seq in (1, 2, 3):
+        dead.append("a", env(seq, 1))
+    dead.claim("a", 2)  # 1 and 2 in flight on the dead server
+    dead.append("a", env(7, 1))  # queued since by another server
     survivor = Store(r, "alive", queue_expiry=100, max_queue_length=100)
-    assert survivor.recommit_all("dead") == {"a": 2, "b": 5}
-    assert payloads(r.lrange("rm:users:a:messages", 0, -1)) == [0, 1, 2, 3]
-    assert payloads(r.lrange("rm:users:b:messages", 0, -1)) == [0, 1, 2, 3, 99]
-    assert not r.keys("rm:inflight:*")
+    # Read since its checkpoint: 2 (in flight too) and 5, 6 (it never handled them).
+    given = survivor.recover("dead", "a", "e1", [env(2, 1), env(5, 1), env(6, 1)])
+    assert given == 5
+    assert ids(r, "a") == ["e1.1.1", "e1.2.1", "e1.3.1", "e1.5.1", "e1.6.1", "e1.7.1"]
+    assert not r.exists("rm:inflight:dead:a")
+    assert survivor.inflight_users("dead") == set()
+    assert 0 < r.ttl("rm:users:a:messages") <= 100

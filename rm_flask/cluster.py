@@ -1,0 +1,346 @@
+"""Several processes on one Redis: the shared, ordered view of who is online (SPEC §5.9).
+
+Every process subscribes to every PUBLISH, so all of them see one sequence of messages in
+the same order. Changes of presence (a socket identifies or leaves, a process starts or
+dies, a drain begins or ends) are PUBLISHed into that same sequence, on `rm:cluster`, by
+Lua scripts that also record them in Redis. Each process replays the events into a
+`View`; as every process replays the same events between the same messages, they all
+reach the same decision for each message without talking to each other:
+
+- the user has sockets and is not draining: each process holding one of them delivers to
+  its own sockets; nobody queues;
+- otherwise, exactly one process queues it: the user's *owner*, picked by hashing the uid
+  over the processes alive at that point of the sequence.
+
+`docs/cluster.md` walks through the steps and why they are safe, also while processes die.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from . import names
+
+# Every event is numbered by one counter and published by the same script that changes
+# the state it announces, so that the state in Redis and the place of the event in the
+# sequence can never disagree (a process that joins reads the one and follows the other).
+
+_HEAD = """
+local function event(fields)
+  fields.g = redis.call('INCR', KEYS[1])
+  redis.call('PUBLISH', KEYS[2], cjson.encode(fields))
+  return fields.g
+end
+"""
+
+# A process joins (or rejoins after losing its subscription) and reads the state as of its
+# `up` event, which it then follows. Our own identified sockets are put back if Redis lost
+# them (a restart without persistence).
+# KEYS: seq, channel, servers, sockets, draining, era, user-sockets prefix. ARGV: server,
+# era candidate, then sid, uid pairs.
+_UP = _HEAD + """
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('SET', KEYS[6], ARGV[2], 'NX')
+for i = 3, #ARGV, 2 do
+  local member = ARGV[1] .. ' ' .. ARGV[i]
+  if redis.call('HEXISTS', KEYS[4], member) == 0 then
+    local g = redis.call('INCR', KEYS[1])
+    redis.call('HSET', KEYS[4], member, g .. ' ' .. ARGV[i + 1])
+    redis.call('ZADD', KEYS[7] .. ARGV[i + 1], g, member)
+  end
+end
+local g = event({t = 'up', s = ARGV[1]})
+return {g, redis.call('GET', KEYS[6]), redis.call('SMEMBERS', KEYS[3]),
+        redis.call('HGETALL', KEYS[4]), redis.call('HGETALL', KEYS[5])}
+"""
+
+# A socket identified. Atomic with the count of the user's sockets on every process, so
+# that two tabs identifying on two processes at once cannot both slip under the limit,
+# and both cannot both think they are first (and both drain).
+# KEYS: seq, channel, sockets, the user's sockets, draining. ARGV: server, sid, uid, limit.
+_ON = _HEAD + """
+local member = ARGV[1] .. ' ' .. ARGV[2]
+local first = redis.call('ZCARD', KEYS[4]) == 0
+local g = redis.call('INCR', KEYS[1])
+redis.call('ZADD', KEYS[4], g, member)
+redis.call('HSET', KEYS[3], member, g .. ' ' .. ARGV[3])
+local evicted = {}
+while redis.call('ZCARD', KEYS[4]) > tonumber(ARGV[4]) do
+  local old = redis.call('ZPOPMIN', KEYS[4])[1]
+  redis.call('HDEL', KEYS[3], old)
+  evicted[#evicted + 1] = old
+end
+if first then redis.call('HSET', KEYS[5], ARGV[3], g) end
+redis.call('PUBLISH', KEYS[2], cjson.encode({g = g, t = 'on', s = ARGV[1], c = ARGV[2],
+  u = ARGV[3], x = evicted, d = first and 1 or 0}))
+return g
+"""
+
+# A socket left. ARGV: server, sid, uid, 1 if the server will give messages back.
+_OFF = _HEAD + """
+local member = ARGV[1] .. ' ' .. ARGV[2]
+redis.call('ZREM', KEYS[4], member)
+redis.call('HDEL', KEYS[3], member)
+if redis.call('ZCARD', KEYS[4]) == 0 then redis.call('HDEL', KEYS[5], ARGV[3]) end
+return event({t = 'off', s = ARGV[1], c = ARGV[2], u = ARGV[3], r = tonumber(ARGV[4])})
+"""
+
+# Every other event. Those that start or end drains change `draining` in the same step.
+# KEYS: seq, channel, draining, then the users' socket sets. ARGV: kind, server, 'start' /
+# 'end' / '', a number the event refers to, then one uid per user key.
+_MARK = _HEAD + """
+local started = {}
+for i = 4, #KEYS do
+  local uid = ARGV[i + 1]
+  if ARGV[3] == 'end' then
+    redis.call('HDEL', KEYS[3], uid)
+  elseif ARGV[3] == 'start' and redis.call('ZCARD', KEYS[i]) > 0
+      and redis.call('HEXISTS', KEYS[3], uid) == 0 then
+    started[#started + 1] = uid
+  end
+end
+local g = redis.call('INCR', KEYS[1])
+for _, uid in ipairs(started) do redis.call('HSET', KEYS[3], uid, g) end
+local users = {}
+for i = 4, #KEYS do users[#users + 1] = ARGV[i + 1] end
+redis.call('PUBLISH', KEYS[2], cjson.encode({g = g, t = ARGV[1], s = ARGV[2],
+  e = tonumber(ARGV[4]) or ARGV[4], u = users, w = started}))
+return g
+"""
+
+# A process is dead: forget its sockets. Only the first survivor to run this wins (and
+# recovers for it); the others get 0.
+# KEYS: seq, channel, servers, sockets, draining. ARGV: dead server, user-sockets prefix.
+_DOWN = _HEAD + """
+if redis.call('SREM', KEYS[3], ARGV[1]) == 0 then return 0 end
+local all = redis.call('HGETALL', KEYS[4])
+local prefix = ARGV[1] .. ' '
+for i = 1, #all, 2 do
+  if string.sub(all[i], 1, #prefix) == prefix then
+    local uid = string.match(all[i + 1], '^%d+ (.*)$')
+    redis.call('HDEL', KEYS[4], all[i])
+    local users = ARGV[2] .. uid
+    redis.call('ZREM', users, all[i])
+    if redis.call('ZCARD', users) == 0 then redis.call('HDEL', KEYS[5], uid) end
+  end
+end
+return event({t = 'down', s = ARGV[1]})
+"""
+
+
+
+Socket = tuple[str, str]  # (server, sid)
+
+
+@dataclass
+class View:
+    """The cluster as the sequence of events tells it, up to the last event read.
+
+    Every process holds one and feeds it the same events in the same order, so that
+    `owner`, `sockets` and `draining` agree everywhere at each point of the sequence.
+    """
+
+    me: str
+    era: str = ""
+    seq: int = 0  # the last event read
+    count: int = 0  # messages read since it
+    synced: bool = False
+    servers: list[str] = field(default_factory=list)
+    sockets: dict[str, list[Socket]] = field(default_factory=dict)  # uid -> oldest first
+    # uid -> (event its drain began at, the owner then, who must certify it): see `sealed`.
+    draining: dict[str, tuple[int, str]] = field(default_factory=dict)
+    returning: dict[str, set[str]] = field(default_factory=dict)  # uid -> servers giving back
+    seals: set[tuple[str, int]] = field(default_factory=set)  # (uid, event) certified
+    recovered: set[str] = field(default_factory=set)  # dead servers whose work was redone
+    _owners: dict[str, str] = field(default_factory=dict)
+
+    def load(self, seq: int, era: str, servers: Iterable[str], sockets: list[bytes],
+             draining: list[bytes]) -> None:
+        """Take the state Redis returned with our `up` event, as of that event."""
+        self.seq, self.count, self.era = seq, 0, era
+        self.servers = sorted(servers)
+        self._owners.clear()
+        ordered: list[tuple[int, str, Socket]] = []
+        for member, value in zip(sockets[::2], sockets[1::2], strict=True):
+            server, _, sid = member.decode().partition(" ")
+            order, _, uid = value.decode("utf-8", "surrogateescape").partition(" ")
+            ordered.append((int(order), uid, (server, sid)))
+        self.sockets = {}
+        for _, uid, sock in sorted(ordered):
+            self.sockets.setdefault(uid, []).append(sock)
+        # Drains that began before we joined: their owners certified them to the others,
+        # before us; by the time we read on, they have caught up.
+        self.draining = {
+            uid.decode("utf-8", "surrogateescape"): (int(g), self.me)
+            for uid, g in zip(draining[::2], draining[1::2], strict=True)
+        }
+        self.returning.clear()
+        self.synced = True
+
+    def next_id(self) -> str:
+        """The id of the message just read: the same in every process that read it."""
+        self.count += 1
+        return f"{self.era}.{self.seq:x}.{self.count:x}"
+
+    def owner(self, uid: str) -> str:
+        """The one process that queues `uid`'s messages while they have no socket.
+
+        Rendezvous hashing: when a process joins or leaves, only the uids it wins or held
+        change hands.
+        """
+        owner = self._owners.get(uid)
+        if owner is None:
+            if len(self.servers) == 1:
+                return self.servers[0]
+            key = uid.encode("utf-8", "surrogatepass")
+            owner = max(self.servers, key=lambda s: zlib.crc32(key, zlib.crc32(s.encode())))
+            if len(self._owners) > 100_000:
+                self._owners.clear()
+            self._owners[uid] = owner
+        return owner
+
+    def home(self, uid: str) -> str | None:
+        """The process holding the user's oldest socket: it runs their drains."""
+        socks = self.sockets.get(uid)
+        return socks[0][0] if socks else None
+
+    def apply(self, event: dict[str, Any]) -> None:
+        """Move the view past one event."""
+        self.seq, self.count = event["g"], 0
+        kind = event["t"]
+        server = event["s"]
+        if kind == "on":
+            uid = event["u"]
+            socks = self.sockets.setdefault(uid, [])
+            for gone in event["x"]:
+                s, _, sid = gone.partition(" ")
+                if (s, sid) in socks:
+                    socks.remove((s, sid))
+            socks.append((server, event["c"]))
+            if event["d"]:
+                self._begin(uid, event["g"])
+        elif kind == "off":
+            uid = event["u"]
+            socks = self.sockets.get(uid, [])
+            if (server, event["c"]) in socks:
+                socks.remove((server, event["c"]))
+            if event["r"]:
+                self.returning.setdefault(uid, set()).add(server)
+            if not socks:
+                self.sockets.pop(uid, None)
+                self.draining.pop(uid, None)
+        elif kind == "ending":
+            for uid in event["u"]:
+                self.draining.pop(uid, None)
+        elif kind in ("returned", "recovered", "sealed"):
+            if kind == "returned":
+                for uid in event["u"]:
+                    self._returned(uid, server)
+            elif kind == "sealed":
+                self.seals.update((uid, event["e"]) for uid in event["u"])
+            else:
+                self.recovered.add(event["e"])
+            for uid in event["w"]:
+                self._begin(uid, event["g"])
+        elif kind == "up":
+            if server not in self.servers:
+                self.servers = sorted([*self.servers, server])
+                self._owners.clear()
+        elif kind == "down":
+            self.servers = [s for s in self.servers if s != server]
+            self._owners.clear()
+            for uid in list(self.sockets):
+                socks = [sock for sock in self.sockets[uid] if sock[0] != server]
+                if socks:
+                    self.sockets[uid] = socks
+                else:
+                    del self.sockets[uid]
+                    self.draining.pop(uid, None)
+            for uid in list(self.returning):
+                self._returned(uid, server)
+
+    def _begin(self, uid: str, seq: int) -> None:
+        self.draining[uid] = (seq, self.owner(uid))
+
+    def sealed(self, uid: str, seq: int, sealer: str) -> bool:
+        """Has `sealer` queued every message for `uid` that came before event `seq`?
+
+        The owner queues while a user drains, from its own copy of the sequence, which
+        may lag ours: a drain may not start (or end) before its owner caught up.
+        """
+        return sealer == self.me or (uid, seq) in self.seals or sealer in self.recovered
+
+    def _returned(self, uid: str, server: str) -> None:
+        servers = self.returning.get(uid)
+        if servers is not None:
+            servers.discard(server)
+            if not servers:
+                del self.returning[uid]
+
+
+class Cluster:
+    """The scripts that change presence and announce it, for one process."""
+
+    def __init__(self, client: redis.Redis, server_id: str) -> None:
+        self.redis = client
+        self.server_id = server_id
+        self._up = client.register_script(_UP)
+        self._on = client.register_script(_ON)
+        self._off = client.register_script(_OFF)
+        self._mark = client.register_script(_MARK)
+        self._down = client.register_script(_DOWN)
+        self._head = [names.CLUSTER_SEQ_KEY, names.CLUSTER_CHANNEL]
+
+    def up(self, own: Iterable[tuple[str, str]]) -> list[Any]:
+        """Join: returns [event number, era, servers, sockets, draining] as of our event."""
+        args: list[str] = [self.server_id, os.urandom(2).hex()]
+        for sid, uid in own:
+            args += (sid, uid)
+        return self._up(
+            keys=[*self._head, names.SERVERS_KEY, names.SOCKETS_KEY, names.DRAINING_KEY,
+                  names.CLUSTER_ERA_KEY, names.USER_SOCKETS_PREFIX],
+            args=args,
+        )
+
+    def on(self, sid: str, uid: str, limit: int) -> int:
+        return self._on(
+            keys=[*self._head, names.SOCKETS_KEY, names.user_sockets_key(uid), names.DRAINING_KEY],
+            args=[self.server_id, sid, uid, limit],
+        )
+
+    def off(self, sid: str, uid: str, giving_back: bool) -> int:
+        return self._off(
+            keys=[*self._head, names.SOCKETS_KEY, names.user_sockets_key(uid), names.DRAINING_KEY],
+            args=[self.server_id, sid, uid, int(giving_back)],
+        )
+
+    def mark(self, kind: str, uids: Iterable[str] = (), drain: str = "", ref: int | str = 0) -> int:
+        """Publish `kind` for `uids`; `drain`: "start" (if they have sockets) or "end"."""
+        uids = list(uids)
+        return self._mark(
+            keys=[*self._head, names.DRAINING_KEY, *map(names.user_sockets_key, uids)],
+            args=[kind, self.server_id, drain, ref, *uids],
+        )
+
+    def down(self, server_id: str) -> int:
+        """Declare `server_id` dead; the event number if we were first, else 0."""
+        return self._down(
+            keys=[*self._head, names.SERVERS_KEY, names.SOCKETS_KEY, names.DRAINING_KEY],
+            args=[server_id, names.USER_SOCKETS_PREFIX],
+        )
+
+
+def parse(data: bytes) -> dict[str, Any]:
+    event = json.loads(data)
+    # cjson writes an empty Lua table as {}, not [].
+    for key in ("x", "u", "w"):
+        if event.get(key) == {}:
+            event[key] = []
+    return event
