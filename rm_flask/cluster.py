@@ -159,6 +159,9 @@ class View:
     returning: dict[str, set[str]] = field(default_factory=dict)  # uid -> servers giving back
     seals: set[tuple[str, int]] = field(default_factory=set)  # (uid, event) certified
     recovered: set[str] = field(default_factory=set)  # dead servers whose work was redone
+    # server -> an event it had read (with every message before it) when it said so last:
+    # its pings say how far it has read, and a give-back is sent once its `off` was read.
+    caught_up: dict[str, int] = field(default_factory=dict)
     _owners: dict[str, str] = field(default_factory=dict)
 
     def load(self, seq: int, era: str, servers: Iterable[str], sockets: list[bytes],
@@ -239,8 +242,11 @@ class View:
         elif kind == "ending":
             for uid in event["u"]:
                 self.draining.pop(uid, None)
+        elif kind == "ping":
+            self._caught_up(server, event["e"])
         elif kind in ("returned", "recovered", "sealed"):
             if kind == "returned":
+                self._caught_up(server, event["e"])
                 for uid in event["u"]:
                     self._returned(uid, server)
             elif kind == "sealed":
@@ -275,7 +281,12 @@ class View:
         The owner queues while a user drains, from its own copy of the sequence, which
         may lag ours: a drain may not start (or end) before its owner caught up.
         """
-        return sealer == self.me or (uid, seq) in self.seals or sealer in self.recovered
+        return (sealer == self.me or (uid, seq) in self.seals or sealer in self.recovered
+                or self.caught_up.get(sealer, 0) >= seq)
+
+    def _caught_up(self, server: str, seq: int) -> None:
+        if seq > self.caught_up.get(server, 0):
+            self.caught_up[server] = seq
 
     def _returned(self, uid: str, server: str) -> None:
         servers = self.returning.get(uid)

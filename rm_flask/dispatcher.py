@@ -270,10 +270,13 @@ class Dispatcher:
                                      names.queue_key(uid))
                         writes.append(uid, incoming.message().stored)
                         queued.append(uid)
-                    # A tab here, while another server drains, gets it live.
-                    if not socks or socks[0][0] == me or all(s != me for s, _ in socks):
-                        continue
-                    alone = False
+                    # A tab here, while another server drains, gets it once the drain
+                    # is over, behind the queued messages that server sends its tabs.
+                    if socks and socks[0][0] != me and any(s == me for s, _ in socks):
+                        behind = self.registry.user(uid)
+                        if behind is not None and behind.live():
+                            behind.behind.append(incoming.message())
+                    continue
                 else:
                     holders = {server for server, _ in socks}
                     if remember:
@@ -448,6 +451,8 @@ class Dispatcher:
             self.on_reset()
             return
         kind = event["t"]
+        if kind != "ping":
+            log.debug("Cluster event %s", event)
         homes = self._homes_of(event) if kind in ("off", "down") else {}
         view.apply(event)
         getattr(self, f"_on_{kind}")(event, homes)
@@ -464,7 +469,7 @@ class Dispatcher:
         for user in list(self.registry.users.values()):
             for sid in list(user.leaving):
                 if (self.me, sid) not in view.sockets.get(user.uid, ()):
-                    self.spawn(self._give_back, user.uid, sid)
+                    self.spawn(self._give_back, user.uid, sid, view.seq)
             if user.holding and user.end is None:
                 user.end = (view.seq, self.me)  # its end is behind us
             user.drain_wakeup.set()
@@ -529,7 +534,7 @@ class Dispatcher:
     def _on_off(self, event: dict[str, Any], homes: dict[str, str | None]) -> None:
         uid = event["u"]
         if event["s"] == self.me:
-            self.spawn(self._give_back, uid, event["c"])
+            self.spawn(self._give_back, uid, event["c"], event["g"])
         self._moved(homes)
 
     def _on_down(self, event: dict[str, Any], homes: dict[str, str | None]) -> None:
@@ -552,6 +557,9 @@ class Dispatcher:
     def _on_ending(self, event: dict[str, Any], _: Any) -> None:
         for uid in event["u"]:
             owner, home = self.view.owner(uid), self.view.home(uid)
+            user = self.registry.user(uid)
+            if user is not None and user.behind:
+                self._catch_up(user)
             if home == self.me:
                 user = self.registry.user(uid)
                 if user is not None:
@@ -622,6 +630,7 @@ class Dispatcher:
             user = self.registry.user(uid)
             if user is None or not user.live():
                 return
+            user.behind = []  # in the queue too: the drain sends them
             if user.draining:
                 user.drain_wakeup.set()
                 return
@@ -655,6 +664,7 @@ class Dispatcher:
                     else:
                         batch = self._claim(uid, user.end[0])
                         if batch == []:
+                            log.debug("%s: drain over, %d held messages sent", uid, len(user.held))
                             self._release_held(user)
                             continue
                 else:
@@ -674,6 +684,7 @@ class Dispatcher:
                     user.holding, user.end = True, None
                 user.drain_wakeup.clear()
             if batch == []:
+                log.debug("%s: queue empty, ending the drain", uid)
                 retrying(f"ending the drain of {uid}",
                          partial(self.cluster.mark, "ending", [uid], drain="end"))
                 continue
@@ -683,10 +694,21 @@ class Dispatcher:
                 continue
             self._await_acks(user, waiting)
 
+    def _catch_up(self, user: User) -> None:
+        """Another server's drain of this user ended: our tabs get what they waited for."""
+        with self.registry.user_lock(user.uid):
+            behind, user.behind = user.behind, []
+            if user.live():  # else they wait in the queue, where they are too
+                self._send_late(user, behind)
+
     def _release_held(self, user: User) -> None:
         """The drain is over: send what arrived since its end, live from now (lock held)."""
         held, user.held = user.held, []
         user.holding, user.end = False, None
+        self._send_late(user, held)
+
+    def _send_late(self, user: User, held: list[Message]) -> None:
+        """Send messages held back, as if live (lock held)."""
         live = user.live()
         if not held:
             return
@@ -794,8 +816,8 @@ class Dispatcher:
         retrying(f"announcing that a socket of {uid} left",
                  lambda: self.cluster.off(conn.sid, uid, True))
 
-    def _give_back(self, uid: str, sid: str) -> None:
-        """Every server has read that socket `sid` left: give back what only it had."""
+    def _give_back(self, uid: str, sid: str, off: int = 0) -> None:
+        """We read that socket `sid` left (at event `off`): give back what only it had."""
         lock = self.registry.user_lock(uid)
         with lock:
             user = self.registry.hold(uid)
@@ -810,10 +832,12 @@ class Dispatcher:
             with lock:
                 user.returning -= 1
                 self.registry.forget_if_idle(user)
-        # Announced even when nothing was given: drains wait for it. If something was,
-        # and the user is still online, their queue is drained again.
+        # Announced even when nothing was given: drains wait for it. If the queue holds
+        # something (given now, or left by a drain this socket's server had not finished)
+        # and the user is still online, it is drained again.
+        queued = bool(given) or bool(retrying("reading a queue", partial(self.store.queue_length, uid)))
         retrying(f"announcing the give-back of {uid}",
-                 lambda: self.cluster.mark("returned", [uid], drain="start" if given else ""))
+                 lambda: self.cluster.mark("returned", [uid], drain="start" if queued else "", ref=off))
 
     def recommit(self, uid: str, messages: list[Message]) -> None:
         if log.isEnabledFor(logging.INFO):

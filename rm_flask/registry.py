@@ -64,6 +64,9 @@ class User:
     holding: bool = False
     held: list[Message] = field(default_factory=list)
     end: tuple[int, str] | None = None  # the drain's `ending` event, and who certifies it
+    # Messages for our sockets while another server drains this user: sent when it ends
+    # (they are in the queue too, should the drain move here).
+    behind: list[Message] = field(default_factory=list)
 
     def live(self) -> list[Conn]:
         """The sockets that still get messages, oldest first."""

@@ -184,7 +184,8 @@ class Service:
                 self._expire_unidentified()
                 self.dispatcher.expire_unacknowledged()
                 self._heartbeat()
-                self.cluster.mark("ping")
+                # Says how far our listener has read: a drain waiting on us can go on.
+                self.cluster.mark("ping", ref=self.dispatcher.view.seq)
                 self.redis_ok = True
                 if (
                     self.listener.subscribed
