@@ -98,12 +98,14 @@ redis.call('SADD', KEYS[3], ARGV[3])
 return items
 """
 
-# Put in-flight messages back at the head of the queue in their original order, ahead of
-# anything queued since. Atomic for the same reason as _CLAIM: removal and push together.
+# Put in-flight messages back in the queue, in their original order, ahead of anything
+# queued since: at the head, unless the queue holds older messages (another server
+# queued them after a drain that stopped halfway), which they go after. Atomic for the
+# same reason as _CLAIM: removal and push together.
 # ARGV: the TTL, the uid, then the members to give back, oldest first (none: all of them).
 # A member given is pushed even when the set does not hold it: a live message whose
 # tracking write failed is still ours to give back.
-_RECOMMIT = """
+_RECOMMIT = _POSITION + """
 local items
 if #ARGV > 2 then
   items = {}
@@ -115,8 +117,16 @@ else
   items = redis.call('ZRANGE', KEYS[2], 0, -1)
   redis.call('DEL', KEYS[2])
 end
-for i = #items, 1, -1 do
-  redis.call('LPUSH', KEYS[1], items[i])
+local at = 0
+for _, item in ipairs(items) do
+  local pivot = redis.call('LINDEX', KEYS[1], at)
+  while pivot and before(pivot, item) do
+    at = at + 1
+    pivot = redis.call('LINDEX', KEYS[1], at)
+  end
+  if pivot then redis.call('LINSERT', KEYS[1], 'BEFORE', pivot, item)
+  else redis.call('RPUSH', KEYS[1], item) end
+  at = at + 1
 end
 if #items > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end

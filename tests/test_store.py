@@ -64,6 +64,14 @@ def test_a_late_append_takes_its_place_in_the_sequence(r):
     assert ids(r, "u") == ["e1.0.9", "e1.1.1", "e1.1.2", "e1.1.3", "e1.2.1", "e0.1.1"]
 
 
+def test_a_give_back_goes_before_newer_and_after_older_queued_messages(r):
+    store = Store(r, "srv1", queue_expiry=100, max_queue_length=100)
+    for seq in (2, 5, 9):
+        store.append("u", env(seq, 1))
+    store.recommit("u", [env(1, 1), env(3, 1), env(4, 1), env(7, 1)])
+    assert ids(r, "u") == ["e1.1.1", "e1.2.1", "e1.3.1", "e1.4.1", "e1.5.1", "e1.7.1", "e1.9.1"]
+
+
 def test_claim_stops_at_the_end_of_a_drain(r):
     store = Store(r, "srv1", queue_expiry=100, max_queue_length=100)
     for seq in (3, 4, 5, 6):
