@@ -1,0 +1,356 @@
+"""Several RedMessenger processes on one Redis (SPEC §5.9), real processes and real Redis.
+
+Rules 1-8 hold for the group of processes: a message is queued once, not once per
+process; `bubble` and `user_conn_limit` count the user's sockets on every process; a
+process killed with kill -9 gives back, through the survivors, what it held.
+
+Every test starts its own servers with `make_server` (never the module's `server`: an
+extra process on the session's Redis would take part in every test here).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.support.accounting import Stream, account
+from tests.support.clients import RMClient
+from tests.support.cluster import (
+    MixedStream,
+    copy_of,
+    probe,
+    queued_envelopes,
+    received,
+    start_servers,
+    wait_processed,
+)
+from tests.support.processes import wait_until
+
+
+def ack(uid: str) -> dict:
+    return {"uid": uid, "ack": True}
+
+
+def wait_quiet(tabs, quiet: float = 1.0, timeout: float = 15) -> None:
+    """Until no tab has received anything for `quiet` seconds."""
+    last = {"count": -1, "since": time.monotonic()}
+
+    def still() -> bool:
+        count = sum(len(t.messages) for t in tabs)
+        if count != last["count"]:
+            last.update(count=count, since=time.monotonic())
+        return time.monotonic() - last["since"] >= quiet
+
+    wait_until(still, timeout, f"{quiet}s without a message")
+
+
+def test_offline_user_is_queued_once_by_three_servers(make_server, r, uid):
+    """All three servers see each PUBLISH; the queue gets each one once, in order."""
+    servers = start_servers(make_server, 3)
+    before = received(servers)
+    payloads = [f"{i}:{uid}" for i in range(500)]
+    for payload in payloads:
+        assert r.publish(f"rm.users.{uid}", payload) >= 3, "every server is subscribed"
+    wait_processed(r, servers, before, 500, barrier_uid=f"{uid}-barrier")
+    wait_until(lambda: r.llen(f"rm:users:{uid}:messages") >= 500, 10, "500 envelopes queued")
+    queue = queued_envelopes(r, uid)
+    print(f"3 servers, 500 PUBLISHes to an offline user: {len(queue)} queued, "
+          f"{len({e['id'] for e in queue})} distinct ids, "
+          f"{len({e['payload'] for e in queue})} distinct payloads")
+    assert len(queue) == 500, f"{len(queue)} envelopes queued for 500 PUBLISHes"
+    assert len({e["id"] for e in queue}) == 500
+    assert [e["payload"] for e in queue] == payloads
+
+
+def test_user_online_on_one_of_three_servers_gets_each_message_once(make_server, clients, r, uid):
+    """Online on B only: A and C must not queue what B delivers."""
+    servers = start_servers(make_server, 3)
+    tab = clients(servers[1].url, ack(uid))
+    before = received(servers)
+    payloads = [f"{i}:{uid}" for i in range(500)]
+    for payload in payloads:
+        r.publish(f"rm.users.{uid}", payload)
+    tab.wait_for(500)
+    wait_processed(r, servers, before, 500, barrier_uid=f"{uid}-barrier")
+    wait_quiet([tab], quiet=0.5)  # a copy too many would have come by now
+    got = tab.payloads()
+    queue = queued_envelopes(r, uid)
+    print(f"online on B of 3: {len(got)} received ({len(set(got))} distinct), {len(queue)} queued")
+    assert got == payloads, "each message once, in order"
+    assert queue == [], f"{len(queue)} envelopes queued for a user who is online (on another server)"
+    assert not tab.disconnected.is_set()
+
+
+def bubbles(tabs, payloads):
+    """For each payload: the bubble flag of its copy on each tab (None: not received)."""
+    return [[(copy_of(t, p) or {}).get("bubble") for t in tabs] for p in payloads]
+
+
+def received_once(tabs, payloads) -> bool:
+    return all(Counter(t.payloads())[p] == 1 for t in tabs for p in payloads)
+
+
+def test_bubble_is_on_the_oldest_socket_across_processes(make_server, clients, r, uid):
+    """Tabs on A, then B, then C: bubble on A's only, with one id for the three copies;
+    when it closes, on B's."""
+    servers = start_servers(make_server, 3)
+    tabs = []
+    for server in servers:  # tab1 on A, then tab2 on B, then tab3 on C
+        tabs.append(clients(server.url, ack(uid)))
+        probe(r, uid, tabs[-1:])  # this tab receives before the next one opens
+
+    first = [f"first {i}" for i in range(20)]
+    for payload in first:
+        r.publish(f"rm.users.{uid}", payload)
+    wait_until(lambda: all(p in t.payloads() for t in tabs for p in first), 10, "20 messages on all 3 tabs")
+    assert received_once(tabs, first)
+    flags = bubbles(tabs, first)
+    print("bubble on (tab1, tab2, tab3):", Counter(map(tuple, flags)))
+    assert flags == [[True, False, False]] * 20, "bubble on tab1 only, the oldest"
+    for p in first:
+        ids = {copy_of(t, p)["id"] for t in tabs}
+        assert len(ids) == 1, f"{p!r} reached the three tabs with ids {ids}"
+    assert len({copy_of(tabs[0], p)["id"] for p in first}) == 20
+
+    tabs[0].close()
+    started = time.monotonic()
+    probe(r, uid, tabs[1:], accept=lambda copies: [c["bubble"] for c in copies] == [True, False])
+    print(f"tab2 has bubble {time.monotonic() - started:.2f}s after tab1 closed")
+    later = [f"later {i}" for i in range(20)]
+    for payload in later:
+        r.publish(f"rm.users.{uid}", payload)
+    wait_until(lambda: all(p in t.payloads() for t in tabs[1:] for p in later), 10,
+               "20 messages on tabs 2, 3")
+    assert received_once(tabs[1:], later)
+    assert bubbles(tabs[1:], later) == [[True, False]] * 20, "bubble on tab2 only, now the oldest"
+    assert not any(p in tabs[0].payloads() for p in later)
+
+
+def test_user_conn_limit_counts_sockets_on_every_process(make_server, clients, r, uid):
+    """user_conn_limit 2, one tab on each of A, B, C: the third closes the first."""
+    servers = start_servers(make_server, 3, user_conn_limit=2)
+    tab1 = clients(servers[0].url, ack(uid))
+    probe(r, uid, [tab1])
+    tab2 = clients(servers[1].url, ack(uid))
+    probe(r, uid, [tab1, tab2])  # two sockets are within the limit: both are served
+    assert not tab1.disconnected.is_set()
+    tab3 = clients(servers[2].url, ack(uid))
+    probe(r, uid, [tab3])
+    wait_until(tab1.disconnected.is_set, 10, "tab1, the oldest socket (on A), to be disconnected")
+    print("tab1 errors:", tab1.errors)
+    copies = probe(r, uid, [tab2, tab3], accept=lambda copies: copies[0]["bubble"])
+    assert [c["bubble"] for c in copies] == [True, False]
+    payloads = [f"after {i}" for i in range(10)]
+    for payload in payloads:
+        r.publish(f"rm.users.{uid}", payload)
+    wait_until(lambda: all(p in t.payloads() for t in (tab2, tab3) for p in payloads), 10,
+               "tabs 2 and 3 to keep receiving")
+    assert not tab2.disconnected.is_set() and not tab3.disconnected.is_set()
+
+
+def queued_twice(r, uids) -> dict[str, tuple[int, int, int]]:
+    """Queues in which an id or a payload appears more than once: uid -> (length, ids, payloads)."""
+    found = {}
+    for u in uids:
+        queue = queued_envelopes(r, u)
+        ids = sum(1 for n in Counter(e["id"] for e in queue).values() if n > 1)
+        payloads = sum(1 for n in Counter(e["payload"] for e in queue).values() if n > 1)
+        if ids or payloads:
+            found[u] = (len(queue), ids, payloads)
+    return found
+
+
+@pytest.fixture
+def patient_tabs():
+    """Tabs that wait up to 30 s to connect and identify (the churn test keeps a 2-core
+    machine busy), all closed after the test."""
+    made: list[RMClient] = []
+
+    def make(url: str, uid: str) -> RMClient:
+        tab = RMClient(url)
+        tab.sio.eio.request_timeout = 30  # the WebSocket handshake's (5 s by default)
+        made.append(tab)
+        tab.connect(timeout=30)
+        reply = tab.identify(ack(uid), timeout=30)
+        assert reply == {"ok": True, "uid": uid}, reply
+        return tab
+
+    yield make
+    for tab in made:
+        tab.close()
+
+
+def received_by_uid(tabs_by_uid) -> dict[str, list[str]]:
+    return {u: [p for t in tabs for p in t.payloads()] for u, tabs in tabs_by_uid.items()}
+
+
+def explain(stream, tabs_by_uid, r, counts, t0: float) -> str:
+    """Where the first out-of-order pairs, and the first lost messages, were: for each
+    payload, when it was published (s after t0) and which of the user's tabs (index,
+    server port) got it first."""
+
+    def where(u: str, p: str) -> str:
+        got = [f"tab {i} on {t.url.rsplit(':', 1)[1]}"
+               for i, t in enumerate(tabs_by_uid[u]) if p in t.payloads()]
+        return f"{p.split(':')[0]} (published {stream.sent_at[p] - t0:.2f}s, {got[0] if got else 'nowhere'})"
+
+    lines = [f"{u} ({len(tabs_by_uid[u])} tabs): got {where(u, a)} before {where(u, b)}"
+             for u, a, b in counts.get("out_of_order_examples", [])[:3]]
+    for u in stream.uids:
+        got = {p for t in tabs_by_uid[u] for p in t.payloads()}
+        queued = {e["payload"] for e in queued_envelopes(r, u)}
+        lines += [f"lost for {u} ({len(tabs_by_uid[u])} tabs): {where(u, p)}"
+                  for p in stream.owed.get(u, []) if p not in got and p not in queued][:3]
+    return "; ".join(lines[:8])
+
+
+@pytest.mark.slow
+def test_300_ack_clients_churning_over_3_servers_during_20000_messages(make_server, patient_tabs, r, uid):
+    """Like the single-server churn test of test_faults, over three servers and with
+    group messages: every message owed is received, or queued once; none lost or late."""
+    servers = start_servers(make_server, 3, log_level="warning")
+    rng = random.Random(7)
+    uids = [f"{uid}-{i}" for i in range(300)]
+    groups = {f"{uid}-g{j}": rng.sample(uids, rng.randint(3, 6)) for j in range(30)}
+    for cid, members in groups.items():
+        r.sadd(f"rm:channels:{cid}:subscribers", *members)
+    with ThreadPoolExecutor(8) as pool:
+        first = list(pool.map(lambda i: patient_tabs(servers[i % 3].url, uids[i]), range(300)))
+    tabs_by_uid = {u: [t] for u, t in zip(uids, first, strict=True)}
+    live = dict(zip(uids, first, strict=True))
+    stream = MixedStream(r, uids, groups=groups, group_share=0.2)
+    before = received(servers)
+    started = time.monotonic()
+    stop = threading.Event()  # set when a churner fails: then everything stops
+    publisher = threading.Thread(target=stream.publish, args=(20_000, 2000), kwargs={"stop": stop})
+    publisher.start()
+    drops: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def churn(mine: list[str], seed: int) -> None:
+        """Random drops (half of them abrupt) and comebacks, to any server, of `mine`."""
+        rng = random.Random(seed)
+        try:
+            while publisher.is_alive() and not stop.is_set():
+                u = rng.choice(mine)
+                tab = live.pop(u, None)
+                if tab is not None:
+                    if rng.random() < 0.5:
+                        tab.drop()
+                        how = "abrupt"
+                    else:
+                        tab.close()
+                        how = "graceful"
+                    with lock:
+                        drops[how] += 1
+                if rng.random() < 0.8 or tab is None:
+                    new = patient_tabs(rng.choice(servers).url, u)
+                    tabs_by_uid[u].append(new)
+                    live[u] = new
+                time.sleep(0.01)
+        except BaseException:
+            stop.set()
+            raise
+
+    try:
+        with ThreadPoolExecutor(4) as pool:  # four churners, each with users of its own
+            for churner in [pool.submit(churn, uids[k::4], k) for k in range(4)]:
+                churner.result()
+    finally:
+        stop.set()  # the publisher is done by now, unless a churner failed
+        publisher.join()
+    # Each message is queued at most once: with every server done routing the stream,
+    # no queue holds an id, or a payload (each PUBLISH's is unique), twice.
+    wait_processed(r, servers, before, stream.publishes, barrier_uid=f"{uid}-barrier", timeout=60)
+    twice = queued_twice(r, uids)
+    offline = len(uids) - len(live)
+    print(f"before the final reconnect: {offline} users offline, "
+          f"{sum(len(queued_envelopes(r, u)) for u in uids)} queued, {len(twice)} queues holding a "
+          f"message twice (uid: length, ids twice, payloads twice), e.g. {dict(list(twice.items())[:3])}")
+    assert not twice, f"{len(twice)} queues hold a message more than once"
+
+    comeback = time.monotonic()
+    for u in uids:  # everyone comes back once, to any server, and drains
+        if u not in live:
+            live[u] = patient_tabs(rng.choice(servers).url, u)
+            tabs_by_uid[u].append(live[u])
+    owed = stream.sent
+
+    def all_there() -> bool:
+        return sum(len(set(v)) for v in received_by_uid(tabs_by_uid).values()) >= owed
+
+    try:
+        wait_until(all_there, 60, f"{owed} distinct deliveries")
+        print(f"all delivered {time.monotonic() - comeback:.1f}s after the final reconnect began")
+    finally:
+        counts = account(stream, received_by_uid(tabs_by_uid), r)
+        print(f"cluster churn: sent {stream.publishes} in {stream.elapsed:.1f}s, "
+              f"owed {owed}, received {counts['received']}, queued {counts['queued']}, "
+              f"lost {counts['lost']}, dup {counts['duplicated']}, out-of-order {counts['out_of_order']}, "
+              f"drops {drops}, unseen {stream.unseen}, {time.monotonic() - started:.1f}s; "
+              f"at the end {sum(1 for t in live.values() if t.disconnected.is_set())} of the final tabs "
+              f"disconnected, {sum(1 for u in uids if r.llen(f'rm:users:{u}:messages'))} users with a "
+              f"queue left.", explain(stream, tabs_by_uid, r, counts, started))
+    assert counts["lost"] == 0
+    assert counts["out_of_order"] == 0
+    assert counts["received"] == owed
+
+
+@pytest.mark.slow
+def test_kill_9_one_of_3_servers_mid_stream(make_server, clients, r, uid):
+    """B dies; its users reconnect to A or C; nothing published while servers listened is lost."""
+    servers = start_servers(make_server, 3, log_level="warning")
+    a, b, c = servers
+    rng = random.Random(3)
+    uids = [f"{uid}-{i}" for i in range(60)]
+    tabs_by_uid = {u: [clients(servers[i % 3].url, ack(u))] for i, u in enumerate(uids)}
+    on_b = uids[1::3]
+    stream = Stream(r, uids)
+    stop = threading.Event()
+    publisher = threading.Thread(target=stream.publish, args=(1_000_000, 1000), kwargs={"stop": stop})
+    publisher.start()
+    back_at: dict[str, float] = {}
+    try:
+        wait_until(lambda: stream.sent >= 2000, 20, "2,000 messages before the kill")
+        killed = time.monotonic()
+        b.kill()
+        sent_at_kill = stream.sent
+        for u in on_b:  # each of B's tabs notices, and its user comes back on A or C
+            assert tabs_by_uid[u][0].disconnected.wait(10), f"{u}'s tab on B did not notice B die"
+            tabs_by_uid[u].append(clients(rng.choice([a, c]).url, ack(u)))
+            back_at[u] = time.monotonic()
+        reconnected = time.monotonic() - killed
+        wait_until(lambda: stream.sent >= sent_at_kill + 2000, 20, "2,000 messages after the kill")
+    finally:
+        stop.set()
+        publisher.join(10)
+    away = {u: [p for p in stream.owed[u] if killed <= stream.sent_at[p] < back_at[u]] for u in on_b}
+    all_tabs = [t for tabs in tabs_by_uid.values() for t in tabs]
+
+    def missing() -> dict[str, set[str]]:
+        got = {u: set(ps) for u, ps in received_by_uid(tabs_by_uid).items()}
+        return {u: set(stream.owed[u]) - got[u] for u in uids}
+
+    try:
+        wait_until(lambda: not any(missing().values()), 40, "every owed message to be received")
+        wait_quiet(all_tabs)
+    finally:
+        gone = missing()
+        lost = sum(len(v) for v in gone.values())
+        away_missing = sum(1 for u, ps in away.items() for p in ps if p in gone[u])
+        counts = account(stream, received_by_uid(tabs_by_uid), r)
+        print(f"kill -9 of 1 of 3: sent {stream.sent}, received {counts['received']}, lost {lost} "
+              f"(of them on B's users {sum(len(gone[u]) for u in on_b)}), "
+              f"published while B's users were away {sum(map(len, away.values()))} (missing {away_missing}), "
+              f"dup {counts['duplicated']}, out-of-order {counts['out_of_order']}, "
+              f"still queued {counts['queued']}, unseen {stream.unseen}, "
+              f"all of B's users back {reconnected:.2f}s after the kill.",
+              explain(stream, tabs_by_uid, r, counts, killed))
+    assert lost == 0
+    assert sum(map(len, away.values())) > 0, "some messages were published while B's users were away"
+    assert away_missing == 0
