@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -137,6 +138,7 @@ return event({t = 'down', s = ARGV[1]})
 
 
 Socket = tuple[str, str]  # (server, sid)
+RECOVERY_WAIT = 10.0  # seconds drains wait at most for a dead server's work to be redone
 
 
 @dataclass
@@ -159,6 +161,9 @@ class View:
     returning: dict[str, set[str]] = field(default_factory=dict)  # uid -> servers giving back
     seals: set[tuple[str, int]] = field(default_factory=set)  # (uid, event) certified
     recovered: set[str] = field(default_factory=set)  # dead servers whose work was redone
+    # Dead servers whose work is being redone, since when (time.monotonic()): drains wait,
+    # as what the dead server held goes back into the queues.
+    recovering: dict[str, float] = field(default_factory=dict)
     # server -> an event it had read (with every message before it) when it said so last:
     # its pings say how far it has read, and a give-back is sent once its `off` was read.
     caught_up: dict[str, int] = field(default_factory=dict)
@@ -253,6 +258,7 @@ class View:
                 self.seals.update((uid, event["e"]) for uid in event["u"])
             else:
                 self.recovered.add(event["e"])
+                self.recovering.pop(event["e"], None)
             for uid in event["w"]:
                 self._begin(uid, event["g"])
         elif kind == "up":
@@ -260,6 +266,7 @@ class View:
                 self.servers = sorted([*self.servers, server])
                 self._owners.clear()
         elif kind == "down":
+            self.recovering[server] = time.monotonic()
             self.servers = [s for s in self.servers if s != server]
             self._owners.clear()
             for uid in list(self.sockets):
@@ -283,6 +290,15 @@ class View:
         """
         return (sealer == self.me or (uid, seq) in self.seals or sealer in self.recovered
                 or self.caught_up.get(sealer, 0) >= seq)
+
+    def redoing(self) -> bool:
+        """Is a dead server's work being redone? (Not for ever, should the survivor
+        that does it die too.)"""
+        cutoff = time.monotonic() - RECOVERY_WAIT
+        for server, since in list(self.recovering.items()):
+            if since < cutoff:
+                del self.recovering[server]
+        return bool(self.recovering)
 
     def _caught_up(self, server: str, seq: int) -> None:
         if seq > self.caught_up.get(server, 0):

@@ -577,7 +577,7 @@ class Dispatcher:
             self._began(uid, event["g"])
 
     def _on_recovered(self, event: dict[str, Any], _: Any) -> None:
-        self._wake_drains(list(self.registry.users))
+        self._wake_drains([u.uid for u in list(self.registry.users.values()) if u.draining])
         for uid in event["w"]:
             self._began(uid, event["g"])
 
@@ -672,7 +672,7 @@ class Dispatcher:
                     if begun is None:
                         self._end_drain(user)
                         return
-                    if view.sealed(uid, *begun) and uid not in view.returning:
+                    if view.sealed(uid, *begun) and uid not in view.returning and not view.redoing():
                         batch = self._claim(uid)
                 if batch:
                     if not announced:
