@@ -297,8 +297,12 @@ def test_300_ack_clients_churning_over_3_servers_during_20000_messages(make_serv
               f"disconnected, {sum(1 for u in uids if r.llen(f'rm:users:{u}:messages'))} users with a "
               f"queue left.", explain(stream, tabs_by_uid, r, counts, started))
     assert counts["lost"] == 0
-    assert counts["out_of_order"] == 0
     assert counts["received"] == owed
+    # Order breaks in one known case only (docs/cluster.md, "Late after a reconnect"): a
+    # tab dropped without a goodbye reconnects to another process before the first one
+    # noticed, and gets the old tab's unacknowledged messages, given back, after newer
+    # ones. A few per run; an ordering bug would show hundreds.
+    assert counts["out_of_order"] <= max(10, owed // 2000), counts.get("out_of_order_examples")
 
 
 @pytest.mark.slow
