@@ -155,9 +155,11 @@ class GunicornServer:
                 start_new_session=True,
             )
         self.worker: psutil.Process | None = None
+        self._stopping = False
 
-    def wait_ready(self, rc: redis.Redis, timeout: float = 30.0) -> None:
-        """Poll /healthz, then wait until a pub/sub client exists in Redis (the subscription)."""
+    def wait_ready(self, rc: redis.Redis, timeout: float = 30.0, subscribers: int = 1) -> None:
+        """Poll /healthz, then wait until Redis has ``subscribers`` pub/sub clients (ours,
+        plus those of the other servers started on the same Redis)."""
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -170,7 +172,7 @@ class GunicornServer:
                     healthy = resp.status == 200
             except (urllib.error.URLError, OSError):
                 healthy = False
-            if healthy and _pubsub_clients(rc) > 0:
+            if healthy and _pubsub_clients(rc) >= subscribers:
                 break
             time.sleep(0.1)
         children = psutil.Process(self.proc.pid).children()
@@ -187,10 +189,16 @@ class GunicornServer:
         assert self.worker is not None
         return int(self.worker.memory_info().rss)
 
+    def stop_soon(self) -> None:
+        """Ask gunicorn to stop without waiting (``close()`` waits): stops several at once."""
+        if self.proc.poll() is None and not self._stopping:
+            self._stopping = True
+            self.proc.send_signal(signal.SIGTERM)
+
     def close(self) -> None:
         # gunicorn's master stops its worker on SIGTERM; kill the session if it lingers.
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.stop_soon()
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:

@@ -31,7 +31,7 @@ from bench.procs import RedisServer, raise_nofile, target_available  # noqa: E40
 from bench.scenarios import Ctx  # noqa: E402
 from bench.table import render  # noqa: E402
 
-SCENARIOS = ("raw", "direct", "fanout", "paced", "idle", "offline", "churn", "connect")
+SCENARIOS = ("raw", "direct", "fanout", "paced", "idle", "offline", "churn", "connect", "scale")
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,16 @@ class Sizes:
     churn_rate: float = 4000.0
     connect: int = 2000
     raw: int = 200000
+    scale_clients: int = 1000
+    scale_msgs: int = 60000
     settle_s: float = 2.0  # idle: wait after connecting before reading RSS
 
 
 QUICK = Sizes(
     direct_clients=100, direct_msgs=5000, fan_members=100, fan_msgs=20, paced_clients=100,
     paced_rate=1000.0, paced_msgs=2000, idle=(200, 500), offline_users=50, offline_per_user=20,
-    churn_users=50, churn_msgs=2000, churn_rate=1000.0, connect=200, raw=50000, settle_s=1.0,
+    churn_users=50, churn_msgs=2000, churn_rate=1000.0, connect=200, raw=50000, scale_clients=100,
+    scale_msgs=3000, settle_s=1.0,
 )
 
 Step = Callable[[Ctx], list[dict[str, Any]]]
@@ -90,6 +93,10 @@ def plan(s: Sizes, targets: list[str], only: str | None) -> list[tuple[str, str,
         steps.append(("churn", t, lambda c, t=t: [
             scenarios.churn(c, t, s.churn_users, s.churn_msgs, s.churn_rate)]))
         steps.append(("connect", t, lambda c, t=t: [scenarios.connect_rate(c, t, s.connect)]))
+        if ours:  # 1 vs 2 server processes on one Redis: the multi-process figure
+            for ack in (True, False):
+                steps.append(("scale", t, lambda c, t=t, a=ack: scenarios.scale(
+                    c, t, s.scale_clients, s.scale_msgs, ack=a)))
     if only:
         keep = {only, "raw"} if only == "direct" else {only}
         steps = [st for st in steps if st[0] in keep]

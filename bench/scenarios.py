@@ -43,6 +43,24 @@ def serving(ctx: Ctx, target: str, log_level: str = "warning") -> Iterator[Gunic
 
 
 @contextmanager
+def serving_many(ctx: Ctx, target: str, n: int) -> Iterator[list[GunicornServer]]:
+    """``n`` servers under test on the same Redis, each its own gunicorn with one worker."""
+    ctx.redis.client.flushall()
+    servers: list[GunicornServer] = []
+    try:
+        for _ in range(n):  # started together, so their boots overlap
+            servers.append(GunicornServer(TARGETS[target], ctx.redis.port, ctx.workdir))
+        for srv in servers:
+            srv.wait_ready(ctx.redis.client, subscribers=n)
+        yield servers
+    finally:
+        for srv in servers:
+            srv.stop_soon()
+        for srv in servers:
+            srv.close()
+
+
+@contextmanager
 def loadgen(ctx: Ctx) -> Iterator[Pool]:
     pool = Pool(ctx.procs)
     try:
@@ -93,9 +111,25 @@ def wait_delivered(pool: Pool, expected: int, idle_s: float, deadline_s: float) 
         time.sleep(0.005)
 
 
-def meter_for(ctx: Ctx, srv: GunicornServer, pool: Pool) -> CpuMeter:
-    assert srv.worker is not None
-    procs = {"server": srv.worker, "publisher": psutil.Process(), **pool.processes()}
+Servers = GunicornServer | list[GunicornServer]
+
+
+def _as_list(srv: Servers) -> list[GunicornServer]:
+    return srv if isinstance(srv, list) else [srv]
+
+
+def _worker(srv: GunicornServer) -> psutil.Process:
+    assert srv.worker is not None, "wait_ready() finds the worker"
+    return srv.worker
+
+
+def meter_for(ctx: Ctx, srv: Servers, pool: Pool) -> CpuMeter:
+    """Meters the server worker(s) (``server``, or ``server0``, ``server1``… when several),
+    the publisher (this process), each load-generator process and redis-server."""
+    workers = [_worker(s) for s in _as_list(srv)]
+    procs = {"server": workers[0]} if len(workers) == 1 else {
+        f"server{i}": w for i, w in enumerate(workers)}
+    procs |= {"publisher": psutil.Process(), **pool.processes()}
     procs["redis"] = psutil.Process(ctx.redis.pid)
     return CpuMeter(procs)
 
@@ -107,19 +141,21 @@ def _shares(meter: CpuMeter, wall: float) -> dict[str, float]:
     return out
 
 
-def _common(ctx: Ctx, srv: GunicornServer, meter: CpuMeter, wall: float, delivered: int) -> dict[str, Any]:
+def _common(ctx: Ctx, srv: Servers, meter: CpuMeter, wall: float, delivered: int) -> dict[str, Any]:
+    """CPU (summed over the server processes when several), RSS (likewise), and shares."""
     shares = _shares(meter, wall)
+    cpu = sum(v for k, v in meter.used.items() if k.startswith("server"))
     return {
-        "server_cpu_s": round(meter.used["server"], 3),
-        "server_cpu_us_per_delivery": round(meter.used["server"] / max(delivered, 1) * 1e6, 2),
-        "server_rss_mb": round(srv.rss() / 2**20, 1),
+        "server_cpu_s": round(cpu, 3),
+        "server_cpu_us_per_delivery": round(cpu / max(delivered, 1) * 1e6, 2),
+        "server_rss_mb": round(sum(s.rss() for s in _as_list(srv)) / 2**20, 1),
         "cpu": cpu_summary(shares),
         "saturated": saturation(shares, ctx.cores),
     }
 
 
 def _delivery_run(
-    ctx: Ctx, srv: GunicornServer, pool: Pool, channels: list[str], fan: int, total: int,
+    ctx: Ctx, srv: Servers, pool: Pool, channels: list[str], fan: int, total: int,
     rate: float | None, window: int | None, uids: list[str],
 ) -> tuple[dict[str, Any], PublishResult]:
     """Publish, wait for the clients, and measure: the core of direct/fanout/paced."""
@@ -170,6 +206,72 @@ def direct(
     if ctx.raw_rate and not rate:
         row["share_of_raw_sub"] = round(row["deliveries_per_s"] / ctx.raw_rate, 3)
     return head | row
+
+
+def _scale_run(
+    ctx: Ctx, target: str, clients: int, messages: int, ack: bool, servers: int, window: int
+) -> dict[str, Any]:
+    uids = [f"s{i}" for i in range(clients)]
+    with serving_many(ctx, target, servers) as srvs, loadgen(ctx) as pool:
+        failed = 0
+        # A fixed, even split: uid i on server i mod n (not the kernel's accept balance).
+        # Each server's share is spread over all load-generator processes in turn.
+        for k, srv in enumerate(srvs):
+            failed += connect(pool, srv, uids[k::servers], ack)["failed"]
+        row, _ = _delivery_run(
+            ctx, srvs if servers > 1 else srvs[0], pool, [f"rm.users.{u}" for u in uids], 1,
+            messages, None, window, uids,
+        )
+    cpu = row["cpu"]
+    # Cores the benchmark's own processes kept busy (not "other": load that is not ours),
+    # and that per delivery (shares x window / deliveries, as server_cpu_us_per_delivery):
+    # CPU per delivery hardly depends on other load on the machine; rates do.
+    busy = cpu["server"] + cpu["clients_sum"] + cpu["publisher"] + cpu["redis"]
+    return {"scenario": "scale", "target": target, "ack": ack, "log_level": "warning",
+            "servers": servers, "clients": clients, "messages": messages,
+            "connect_failed": failed} | row | {
+        "bench_cores": round(busy, 2),
+        "bench_cpu_us_per_delivery": round(busy / max(row["deliveries_per_s"], 1) * 1e6, 2),
+    }
+
+
+def _max_rate(row: dict[str, Any], servers: int, cores: int) -> float:
+    """Deliveries/s the machine allows at this row's CPU per delivery: each server process
+    gets at most one core, and all the benchmark's processes together at most ``cores``."""
+    srv = row["server_cpu_us_per_delivery"] / 1e6
+    bench = row["bench_cpu_us_per_delivery"] / 1e6
+    return min(servers / srv if srv else float("inf"), cores / bench if bench else float("inf"))
+
+
+def scale(
+    ctx: Ctx, target: str, clients: int, messages: int, ack: bool, servers: int = 2,
+    window: int = 2000,
+) -> list[dict[str, Any]]:
+    """``direct`` against one server process, then against ``servers`` processes on the same
+    Redis (same clients, messages and in-flight window), and the throughput ratio.
+
+    ``ratio_vs_1`` is measured (wall clock). Three figures from CPU per delivery, which other
+    load on the machine hardly moves, say what it could be:
+
+    - ``ratio_ceiling``: on this machine, if every process kept the CPU per delivery of the
+      one-process row (perfect scaling): bounded by the cores that the load generator, the
+      publisher and Redis share with the servers, and by one core per server process.
+    - ``ratio_projected``: on this machine, at the CPU per delivery each row really had.
+    - ``ratio_own_cores``: the servers alone, each on a core of its own (load elsewhere):
+      ``servers`` x one-process server CPU per delivery / the servers' CPU per delivery.
+    """
+    one = _scale_run(ctx, target, clients, messages, ack, 1, window)
+    many = _scale_run(ctx, target, clients, messages, ack, servers, window)
+    rate1 = one["deliveries_per_s"]
+    many["rate_1_server"] = rate1
+    many["ratio_vs_1"] = round(many["deliveries_per_s"] / max(rate1, 1), 2)
+    if one["server_cpu_us_per_delivery"] and many["server_cpu_us_per_delivery"]:
+        base = _max_rate(one, 1, ctx.cores)
+        many["ratio_ceiling"] = round(_max_rate(one, servers, ctx.cores) / base, 2)
+        many["ratio_projected"] = round(_max_rate(many, servers, ctx.cores) / base, 2)
+        many["ratio_own_cores"] = round(
+            servers * one["server_cpu_us_per_delivery"] / many["server_cpu_us_per_delivery"], 2)
+    return [one, many]
 
 
 def fanout(

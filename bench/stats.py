@@ -46,11 +46,16 @@ def percentiles(lat: array) -> dict[str, float | None]:
     }
 
 
+def _servers(shares: dict[str, float]) -> list[float]:
+    """The server processes' shares: ``server``, or ``server0``, ``server1``… when several."""
+    return [v for k, v in shares.items() if k.startswith("server")] or [0.0]
+
+
 def saturation(shares: dict[str, float], cores: int) -> str:
-    """Name the side that ran out of CPU: the server, a load-generator process, the publisher,
-    Redis, or the machine as a whole (everything together, including processes that are not
-    the benchmark's, near all cores); else "none"."""
-    if shares.get("server", 0.0) >= BUSY:
+    """Name the side that ran out of CPU: a server process, a load-generator process, the
+    publisher, Redis, or the machine as a whole (everything together, including processes
+    that are not the benchmark's, near all cores); else "none"."""
+    if max(_servers(shares)) >= BUSY:
         return "server"
     clients = [v for k, v in shares.items() if k.startswith("client")]
     if clients and max(clients) >= BUSY:
@@ -64,10 +69,13 @@ def saturation(shares: dict[str, float], cores: int) -> str:
     return "none"
 
 
-def cpu_summary(shares: dict[str, float]) -> dict[str, float]:
+def cpu_summary(shares: dict[str, float]) -> dict[str, Any]:
     clients = [v for k, v in shares.items() if k.startswith("client")] or [0.0]
+    servers = _servers(shares)
+    each = {"server_each": [round(v, 2) for v in servers]} if len(servers) > 1 else {}
     return {
-        "server": round(shares.get("server", 0.0), 2),
+        "server": round(sum(servers), 2),  # all server processes together
+        **each,
         "clients_max": round(max(clients), 2),
         "clients_sum": round(sum(clients), 2),
         "publisher": round(shares.get("publisher", 0.0), 2),

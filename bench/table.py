@@ -27,7 +27,32 @@ def _mode(r: dict[str, Any]) -> str:
         parts.append(f"log {r['log_level']}")
     if r.get("rate_target"):
         parts.append(f"{r['rate_target']:,.0f}/s")
+    if r.get("servers"):
+        parts.append(f"{r['servers']} proc" + ("s" if r["servers"] > 1 else ""))
     return ", ".join(parts)
+
+
+def _scale_notes(r: dict[str, Any]) -> list[str]:
+    """`scale` rows: the ratio first, then where the CPU went (in cores, over the window)."""
+    out = []
+    if r.get("ratio_vs_1") is not None:
+        out.append(f"**{r['ratio_vs_1']:.2f}x the 1-proc msg/s**")
+    if r.get("ratio_ceiling") is not None:
+        out.append(f"from CPU/deliv: {r['ratio_projected']:.2f}x projected here, "
+                   f"≤ {r['ratio_ceiling']:.2f}x possible here, "
+                   f"{r['ratio_own_cores']:.2f}x on own cores")
+    cpu = r.get("cpu") or {}
+    if cpu:
+        each = "+".join(f"{v:.2f}" for v in cpu.get("server_each", []))
+        out.append(
+            f"cores: server {cpu['server']:.2f}{f' ({each})' if each else ''}, "
+            f"loadgen {cpu['clients_sum']:.2f}, publisher {cpu['publisher']:.2f}, "
+            f"redis {cpu['redis']:.2f}, other {cpu['other']:.2f}")
+    if r.get("server_cpu_s") is not None:
+        out.append(f"server CPU {r['server_cpu_s']:.2f} s")
+    if r.get("bench_cpu_us_per_delivery") is not None:
+        out.append(f"all bench processes {r['bench_cpu_us_per_delivery']:.0f} µs/deliv")
+    return out
 
 
 def _notes(r: dict[str, Any]) -> str:
@@ -41,7 +66,7 @@ def _notes(r: dict[str, Any]) -> str:
         ("truncated", "publishing cut at the time cap={}"),
         ("error", "ERROR {}"),
     )
-    out = []
+    out = _scale_notes(r) if r.get("scenario") == "scale" else []
     for key, fmt in keys:
         v = r.get(key)
         if v or (key == "share_of_raw_sub" and v is not None):
@@ -104,6 +129,25 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
     info = _find(rows, scenario="direct", target="ours", ack=True, log_level="info")
     if ack and info and ack[cpu]:
         lines.append(f"- log_level info costs {info[cpu] / ack[cpu] - 1:+.0%} CPU per message")
+    for ack_mode in (True, False):
+        one = _find(rows, scenario="scale", ack=ack_mode, servers=1)
+        many = next((r for r in rows if r["scenario"] == "scale" and "error" not in r
+                     and r.get("ack") == ack_mode and r.get("servers", 1) > 1), None)
+        if one and many and many.get("ratio_vs_1") is not None:
+            ceiling = (f"; from CPU per delivery: {many['ratio_projected']:.2f}x projected on "
+                       f"this machine, at most {many['ratio_ceiling']:.2f}x possible here (the "
+                       f"servers share the cores with the load generator, publisher and Redis), "
+                       f"{many['ratio_own_cores']:.2f}x with a core per server"
+                       ) if many.get("ratio_ceiling") is not None else ""
+            lines.append(
+                f"- scale ({'ack' if ack_mode else 'no-ack'}): {many['servers']} processes deliver "
+                f"{many['ratio_vs_1']:.2f}x the msg/s of 1 ({many['deliveries_per_s']:,} vs "
+                f"{one['deliveries_per_s']:,}; target >= 1.6x){ceiling}; server CPU per delivery "
+                f"{one[cpu]} -> {many[cpu]} µs, lost {one['lost']} / {many['lost']}")
+            other = max(one["cpu"].get("other", 0.0), many["cpu"].get("other", 0.0))
+            if other >= 0.2:
+                lines.append(f"  - disturbed: {other:.2f} cores of other load during these rows; "
+                             "their rates and ratio are not reliable, run it again")
     return lines
 
 

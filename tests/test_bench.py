@@ -23,3 +23,25 @@ def test_quick_direct_benchmark_delivers_everything(tmp_path):
     for row in direct:
         assert row["deliveries"] == row["expected"] > 0 and row["lost"] == 0, row
         assert row["server_cpu_us_per_delivery"] > 0
+
+
+def test_quick_scale_benchmark_splits_clients_over_two_servers(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--only", "scale", "--target", "ours",
+         "--json-out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    scale = [row for row in rows if row.get("scenario") == "scale"]
+    assert [(r["ack"], r["servers"]) for r in scale] == [
+        (True, 1), (True, 2), (False, 1), (False, 2)]
+    for row in scale:
+        assert row["deliveries"] == row["expected"] > 0 and row["lost"] == 0, row
+        assert row["connect_failed"] == 0 and row["server_cpu_s"] > 0, row
+    for row in scale[1::2]:
+        assert len(row["cpu"]["server_each"]) == 2, row
+        assert all(share > 0 for share in row["cpu"]["server_each"]), "both servers delivered"
+        assert row["ratio_vs_1"] > 0 and row["ratio_ceiling"] > 0, row
+    assert "x the 1-proc msg/s" in done.stdout
