@@ -193,7 +193,10 @@ class View:
         self.synced = True
 
     def next_id(self) -> str:
-        """The id of the message just read: the same in every process that read it."""
+        """The id of the message just read: the same in every process that read it.
+
+        (The dispatcher counts inline and makes the id only when it needs it.)
+        """
         self.count += 1
         return f"{self.era}.{self.seq:x}.{self.count:x}"
 

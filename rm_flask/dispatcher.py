@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import redis
 
 from . import cluster, envelope, names
-from .cluster import Cluster, View
+from .cluster import Cluster, Socket, View
 from .envelope import Message
 from .metrics import Metrics
 from .registry import Conn, Pending, Registry, User
@@ -64,21 +64,24 @@ def retrying(what: str, call: Callable[[], Any]) -> Any:
 
 
 class Incoming:
-    """A PUBLISH as read, with its id; its envelope is made only if some socket or queue
-    here needs it (most processes only look at the channel)."""
+    """A PUBLISH as read, with its place in the sequence; its envelope (and id) is made only
+    if a socket or queue here needs it: with several servers, most messages are for
+    users of another, and reading their channel is all this one does."""
 
-    __slots__ = ("channel", "data", "id", "received_ms", "_message")
+    __slots__ = ("channel", "data", "era", "seq", "count", "received_ms", "_message")
 
-    def __init__(self, channel: str, data: bytes, msg_id: str) -> None:
+    def __init__(self, channel: str, data: bytes, era: str, seq: int, count: int | str) -> None:
         self.channel = channel
         self.data = data
-        self.id = msg_id
+        self.era, self.seq, self.count = era, seq, count
         self.received_ms = int(time.time() * 1000)
         self._message: Message | None = None
 
     def message(self) -> Message:
         if self._message is None:
-            self._message = Message(envelope.make(self.channel, self.data, self.received_ms, self.id))
+            count = self.count if isinstance(self.count, str) else f"{self.count:x}"
+            msg_id = f"{self.era}.{self.seq:x}.{count}"
+            self._message = Message(envelope.make(self.channel, self.data, self.received_ms, msg_id))
         return self._message
 
 
@@ -169,13 +172,14 @@ class Dispatcher:
         self.metrics.received.inc()
         view = self.view
         if view.synced:
-            return Incoming(channel, data, view.next_id())
+            view.count += 1
+            return Incoming(channel, data, view.era, view.seq, view.count)
         joining = self._joining
         if joining is not None and joining[2] == [self.me]:
             # Read between our SUBSCRIBE and our `up`: with no other server to handle it,
             # ours to handle, under an id of a form no other server gives out.
             self._early += 1
-            return Incoming(channel, data, f"{joining[1]}.{joining[0]:x}.0.{self._early:x}")
+            return Incoming(channel, data, joining[1], joining[0], f"0.{self._early:x}")
         return None  # the servers that were up when it was published handle it
 
     def _route(self, run: list[Incoming]) -> None:
@@ -194,9 +198,9 @@ class Dispatcher:
                     plan.append((ident, incoming))
                 else:
                     plan.extend((uid, incoming) for uid in members[ident])
-            self._deliver(plan)
+            handled = self._deliver(plan)
             elapsed = time.perf_counter() - started
-            for _ in accepted:
+            for _ in range(handled):
                 self.metrics.latency.observe(elapsed)
         except Exception:
             # Not a connection error (those are retried until Redis is back): Redis said
@@ -240,31 +244,50 @@ class Dispatcher:
             members[cid] = uids
         return members
 
-    def _deliver(self, plan: list[tuple[str, Incoming]]) -> None:
-        """Send each (uid, message) to the user's sockets here, or queue it (SPEC §5 1-2).
+    def _deliver(self, plan: list[tuple[str, Incoming]]) -> int:
+        """Send each (uid, message) to the user's sockets here, or queue it (SPEC §5 1-2);
+        return how many of them this server handled.
 
         The uids' locks are held from the decision until the message is written or
         queued, so that an identify cannot slip in between and miss it.
         """
         view, me = self.view, self.me
-        remember = len(view.servers) > 1
+        # With other servers, remember what each message was whose to handle, to redo it
+        # should they die; and look only at what is ours.
+        recent = self.recent if len(view.servers) > 1 else None
         now = time.monotonic()
-        locks = list({id(lock): lock for lock in map(self.registry.user_lock, (u for u, _ in plan))}.values())
+        ours: list[tuple[str, Incoming, list[Socket] | None]] = []
+        for uid, incoming in plan:
+            socks = view.sockets.get(uid)
+            if not socks or uid in view.draining:
+                # Nobody is online, or the user's queue is being drained: the message
+                # queues (behind the drain, keeping its place), by the owner alone.
+                owner = view.owner(uid)
+                if recent is not None:
+                    recent.append((now, view.seq, uid, incoming, owner))
+                if owner == me or (socks and any(s == me for s, _ in socks)):
+                    ours.append((uid, incoming, socks))
+            else:
+                first = socks[0][0]
+                alone = all(s == first for s, _ in socks)
+                if recent is not None:
+                    recent.append((now, view.seq, uid, incoming,
+                                   first if alone else tuple({s for s, _ in socks})))
+                if (alone and first == me) or any(s == me for s, _ in socks):
+                    ours.append((uid, incoming, socks))
+        if not ours:
+            return 0
+        stripes = map(self.registry.user_lock, (uid for uid, _, _ in ours))
+        locks = list({id(lock): lock for lock in stripes}.values())
         for lock in locks:
             lock.acquire()
         try:
             writes = self.store.writes(from_listener=True)
             sends: list[tuple[User, Message, bool, str | None]] = []
             queued: list[str] = []
-            for uid, incoming in plan:
-                socks = view.sockets.get(uid)
+            for uid, incoming, socks in ours:
                 if not socks or uid in view.draining:
-                    # Nobody is online, or the user's queue is being drained: the message
-                    # queues (behind the drain, keeping its place), by the owner alone.
-                    owner = view.owner(uid)
-                    if remember:
-                        self.recent.append((now, view.seq, uid, incoming, owner))
-                    if owner == me:
+                    if view.owner(uid) == me:
                         if not socks:
                             log.info("Client is not online, queueing message in Redis (%s)",
                                      names.queue_key(uid))
@@ -272,19 +295,11 @@ class Dispatcher:
                         queued.append(uid)
                     # A tab here, while another server drains, gets it once the drain
                     # is over, behind the queued messages that server sends its tabs.
-                    if socks and socks[0][0] != me and any(s == me for s, _ in socks):
+                    if socks and socks[0][0] != me:
                         behind = self.registry.user(uid)
                         if behind is not None and behind.live():
                             behind.behind.append(incoming.message())
                     continue
-                else:
-                    holders = {server for server, _ in socks}
-                    if remember:
-                        duty = socks[0][0] if len(holders) == 1 else tuple(holders)
-                        self.recent.append((now, view.seq, uid, incoming, duty))
-                    if me not in holders:
-                        continue
-                    alone = len(holders) == 1
                 user = self.registry.user(uid) or self.registry.hold(uid)
                 if user.holding:
                     user.held.append(incoming.message())
@@ -293,7 +308,7 @@ class Dispatcher:
                 if not live:
                     # Our sockets of this user left and the others have not read it yet:
                     # keep it to give back with what they held (unless others have it).
-                    if alone:
+                    if all(s == me for s, _ in socks):
                         user.leftover.append(incoming.message())
                     else:
                         self.registry.forget_if_idle(user)
@@ -322,6 +337,7 @@ class Dispatcher:
         finally:
             for lock in reversed(locks):
                 lock.release()
+        return len(ours)
 
     ### To sockets ###
 
