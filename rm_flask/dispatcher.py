@@ -70,12 +70,17 @@ class Incoming:
 
     __slots__ = ("channel", "data", "era", "seq", "count", "received_ms", "_message")
 
-    def __init__(self, channel: str, data: bytes, era: str, seq: int, count: int | str) -> None:
+    def __init__(self, channel: str, data: bytes, era: str, seq: int, count: int | str,
+                 received_ms: int | None = None) -> None:
         self.channel = channel
         self.data = data
         self.era, self.seq, self.count = era, seq, count
-        self.received_ms = int(time.time() * 1000)
+        self.received_ms = int(time.time() * 1000) if received_ms is None else received_ms
         self._message: Message | None = None
+
+    def fields(self) -> tuple[Any, ...]:
+        """What `Incoming(*fields)` makes the same message of."""
+        return (self.channel, self.data, self.era, self.seq, self.count, self.received_ms)
 
     def message(self) -> Message:
         if self._message is None:
@@ -115,8 +120,10 @@ class Dispatcher:
         # What our `up` returned, until its event comes through the subscription.
         self._joining: list[Any] | None = None
         self._early = 0  # messages read before our `up` event, when no other server is up
-        # (time, event, uid, message, who had to deliver or queue it), for `recover`.
-        self.recent: deque[tuple[float, int, str, Incoming, Any]] = deque()
+        # (time, uid, who had to deliver or queue it, and the message's fields), for
+        # `recover`. Plain values only: the collector skips such tuples, and there are
+        # many of them.
+        self.recent: deque[tuple[Any, ...]] = deque()
         # The last own ping before which every message read is in Redis or delivered.
         self.checkpoint = 0
         self.recoveries: dict[int, str] = {}  # a `down` we published -> the dead server
@@ -152,6 +159,7 @@ class Dispatcher:
         in-flight records) in one round trip, before anything is sent.
         """
         run: list[Incoming] = []
+        received = 0
         for channel, data in items:
             if channel == names.CLUSTER_CHANNEL:
                 if run:
@@ -162,14 +170,15 @@ class Dispatcher:
                 except Exception:
                     log.exception("Failed to follow cluster event %r", data[:200])
             else:
+                received += 1
                 incoming = self._incoming(channel, data)
                 if incoming is not None:
                     run.append(incoming)
+        self.metrics.received.inc(received)
         if run:
             self._route(run)
 
     def _incoming(self, channel: str, data: bytes) -> Incoming | None:
-        self.metrics.received.inc()
         view = self.view
         if view.synced:
             view.count += 1
@@ -257,22 +266,30 @@ class Dispatcher:
         recent = self.recent if len(view.servers) > 1 else None
         now = time.monotonic()
         ours: list[tuple[str, Incoming, list[Socket] | None]] = []
+        sockets, draining = view.sockets, view.draining
         for uid, incoming in plan:
-            socks = view.sockets.get(uid)
-            if not socks or uid in view.draining:
+            socks = sockets.get(uid)
+            if socks and len(socks) == 1 and uid not in draining:
+                # The common case, first: one socket, on one server.
+                holder = socks[0][0]
+                if recent is not None:
+                    recent.append((now, uid, holder, *incoming.fields()))
+                if holder == me:
+                    ours.append((uid, incoming, socks))
+            elif not socks or uid in draining:
                 # Nobody is online, or the user's queue is being drained: the message
                 # queues (behind the drain, keeping its place), by the owner alone.
                 owner = view.owner(uid)
                 if recent is not None:
-                    recent.append((now, view.seq, uid, incoming, owner))
+                    recent.append((now, uid, owner, *incoming.fields()))
                 if owner == me or (socks and any(s == me for s, _ in socks)):
                     ours.append((uid, incoming, socks))
             else:
                 first = socks[0][0]
                 alone = all(s == first for s, _ in socks)
                 if recent is not None:
-                    recent.append((now, view.seq, uid, incoming,
-                                   first if alone else tuple({s for s, _ in socks})))
+                    duty = first if alone else tuple({s for s, _ in socks})
+                    recent.append((now, uid, duty, *incoming.fields()))
                 if (alone and first == me) or any(s == me for s, _ in socks):
                     ours.append((uid, incoming, socks))
         if not ours:
@@ -902,8 +919,9 @@ class Dispatcher:
             raw = self.store.redis.get(names.checkpoint_key(dead))
             since = int(raw) if raw else 0
             owed: dict[str, list[str]] = {}
-            for _, seq, uid, incoming, duty in list(self.recent):
-                if since <= seq < down_at and duty == dead:
+            for _, uid, duty, *fields in list(self.recent):
+                incoming = Incoming(*fields)
+                if duty == dead and since <= incoming.seq < down_at:
                     owed.setdefault(uid, []).append(incoming.message().stored)
             uids = sorted(set(owed) | self.store.inflight_users(dead))
             given = 0
