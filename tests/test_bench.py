@@ -9,16 +9,22 @@ import sys
 from tests.support.processes import ROOT
 
 
-def test_quick_direct_benchmark_delivers_everything(tmp_path):
+def quick_rows(tmp_path, scenario: str) -> tuple[list[dict], str]:
+    """Run one scenario of the benchmark at its quick sizes against our server: its JSON
+    rows, and the table it printed."""
     out = tmp_path / "bench.jsonl"
     done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--only", "direct", "--target", "ours",
+        [sys.executable, "-m", "bench.run", "--quick", "--only", scenario, "--target", "ours",
          "--json-out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    direct = [row for row in rows if row.get("scenario") == "direct"]
+    return [row for row in rows if row.get("scenario") == scenario], done.stdout
+
+
+def test_quick_direct_benchmark_delivers_everything(tmp_path):
+    direct, _ = quick_rows(tmp_path, "direct")
     assert len(direct) == 3, "ack, no-ack, and ack with info logging"
     for row in direct:
         assert row["deliveries"] == row["expected"] > 0 and row["lost"] == 0, row
@@ -26,15 +32,7 @@ def test_quick_direct_benchmark_delivers_everything(tmp_path):
 
 
 def test_quick_scale_benchmark_splits_clients_over_two_servers(tmp_path):
-    out = tmp_path / "bench.jsonl"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--only", "scale", "--target", "ours",
-         "--json-out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    scale = [row for row in rows if row.get("scenario") == "scale"]
+    scale, table = quick_rows(tmp_path, "scale")
     assert [(r["ack"], r["servers"]) for r in scale] == [
         (True, 1), (True, 2), (False, 1), (False, 2)]
     for row in scale:
@@ -44,4 +42,4 @@ def test_quick_scale_benchmark_splits_clients_over_two_servers(tmp_path):
         assert len(row["cpu"]["server_each"]) == 2, row
         assert all(share > 0 for share in row["cpu"]["server_each"]), "both servers delivered"
         assert row["ratio_vs_1"] > 0 and row["ratio_ceiling"] > 0, row
-    assert "x the 1-proc msg/s" in done.stdout
+    assert "x the 1-proc msg/s" in table
