@@ -147,10 +147,6 @@ class Dispatcher:
 
     ### From Redis ###
 
-    def route(self, channel: str, data: bytes) -> None:
-        """Deliver or queue one PUBLISH."""
-        self.route_batch([(channel, data)])
-
     def route_batch(self, items: Sequence[tuple[str, bytes]]) -> None:
         """Deliver or queue PUBLISHes, and follow the cluster's events, in the order Redis
         sent them; never raises.
