@@ -56,23 +56,29 @@ class Listener:
             pubsub = self.client.pubsub()
             self._pubsub = pubsub
             try:
-                pubsub.psubscribe(names.PATTERN)
+                # The cluster's channel first: once it is confirmed we announce
+                # ourselves, and only then can an app's message reach us.
                 pubsub.subscribe(names.CLUSTER_CHANNEL)
+                pubsub.psubscribe(names.PATTERN)
                 for message in pubsub.listen():
                     batch: list[tuple[str, bytes]] = []
-                    if self._take(message, batch):
-                        backoff = BACKOFF_FIRST
-                    # Take what else Redis already sent along with it, so that the batch
-                    # shares its round trips (more under load, one message when quiet).
-                    # Not get_message(timeout=0): given half a reply, it times out
-                    # reading the rest and the connection, with its backlog, is lost.
-                    while len(batch) < MAX_BATCH and pubsub.connection.can_read(timeout=0):
-                        response = pubsub.parse_response(block=True)
-                        more = pubsub.handle_message(response) if response else None
-                        if more is not None and self._take(more, batch):
+                    try:
+                        if self._take(message, batch):
                             backoff = BACKOFF_FIRST
-                    if batch:
-                        self.on_messages(batch)
+                        # Take what else Redis already sent along with it, so that the
+                        # batch shares its round trips (more under load, one message when
+                        # quiet). Not get_message(timeout=0): given half a reply, it times
+                        # out reading the rest and the connection, with its backlog, is lost.
+                        while len(batch) < MAX_BATCH and pubsub.connection.can_read(timeout=0):
+                            response = pubsub.parse_response(block=True)
+                            more = pubsub.handle_message(response) if response else None
+                            if more is not None and self._take(more, batch):
+                                backoff = BACKOFF_FIRST
+                    finally:
+                        # What was read is ours to deliver, even if the connection then
+                        # broke.
+                        if batch:
+                            self.on_messages(batch)
                     if self.stopped.is_set():
                         break
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
@@ -103,6 +109,7 @@ class Listener:
             batch.append((names.CLUSTER_CHANNEL, message["data"]))
         elif kind == "subscribe":
             self.on_subscribed()
+        elif kind == "psubscribe":
             self._on_subscribed(self._down_since)
             self._down_since = None
             return True

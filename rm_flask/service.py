@@ -18,7 +18,7 @@ from redis.retry import Retry
 from . import names
 from .cluster import Cluster
 from .config import Config
-from .dispatcher import Dispatcher
+from .dispatcher import Dispatcher, retrying
 from .events import SocketTransport
 from .listener import Listener
 from .metrics import Metrics
@@ -62,12 +62,14 @@ class Service:
         # No retries inside redis-py either: its retry reconnects and resubscribes on its
         # own, and messages that reach that new connection before the error surfaces here
         # were lost when the listener then dropped it. The listener reconnects instead.
+        # With no errors it retries on, redis-py does not even reconnect once before it
+        # gives up (with 0 retries it still did: its failure handler reconnects first).
         self.pubsub_redis = redis.Redis.from_url(
             **config.redis_kwargs(),
             client_name=names.client_name(self.server_id),
             socket_connect_timeout=2,
             socket_keepalive=True,
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 0, supported_errors=()),
         )
         self.metrics = Metrics()
         self.registry = Registry(config.conn_limit, config.user_conn_limit)
@@ -146,7 +148,9 @@ class Service:
 
     def _join(self) -> None:
         """Subscribed (again): announce this server and learn the cluster as of then."""
-        self.dispatcher.joining(self.cluster.up(self.dispatcher.own_sockets()))
+        snapshot = retrying("announcing this server",
+                            lambda: self.cluster.up(self.dispatcher.own_sockets()))
+        self.dispatcher.joining(snapshot)
 
     def _heartbeat(self) -> None:
         pipe = self.redis.pipeline(transaction=False)
