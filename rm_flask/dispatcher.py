@@ -721,7 +721,11 @@ class Dispatcher:
                 # Waiting on the owner, on a give-back, or on Redis.
                 user.drain_wakeup.wait(1.0)
                 continue
-            self._await_acks(user, waiting)
+            if len(batch) >= self.drain_batch:
+                # A backlog: the next batch waits for this one's acks, so that a slow
+                # client is not flooded. A short batch was the end of the queue: what
+                # follows is what arrived meanwhile, sent as it would have been live.
+                self._await_acks(user, waiting)
 
     def _catch_up(self, user: User) -> None:
         """Another server's drain of this user ended: our tabs get what they waited for."""
