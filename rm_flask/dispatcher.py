@@ -519,8 +519,14 @@ class Dispatcher:
             return
         self.on_pong()
         # Everything read before our ping is delivered or in Redis, unless held here.
+        # Written at once: the older a dead server's checkpoint, the more a survivor
+        # sends again.
         if not any(u.held or u.leftover for u in list(self.registry.users.values())):
             self.checkpoint = event["g"]
+            try:
+                self.store.listener_client.set(names.checkpoint_key(self.me), self.checkpoint, ex=3600)
+            except redis.RedisError:
+                pass  # the next ping writes it
         cutoff = time.monotonic() - KEEP_RECENT
         recent = self.recent
         while recent and recent[0][0] < cutoff:

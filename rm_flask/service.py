@@ -153,11 +153,8 @@ class Service:
         self.dispatcher.joining(snapshot)
 
     def _heartbeat(self) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.set(names.server_key(self.server_id), f"{socket.gethostname()} {os.getpid()}", ex=HEARTBEAT_TTL)
-        if self.dispatcher.checkpoint:
-            pipe.set(names.checkpoint_key(self.server_id), self.dispatcher.checkpoint, ex=3600)
-        pipe.execute()
+        about = f"{socket.gethostname()} {os.getpid()}"
+        self.redis.set(names.server_key(self.server_id), about, ex=HEARTBEAT_TTL)
 
     def reap_dead_servers(self, now: bool = False) -> None:
         """Declare dead the servers that died; the first survivor to do so redoes their work.
