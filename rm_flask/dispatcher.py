@@ -126,10 +126,14 @@ class Dispatcher:
         self.recent: deque[tuple[Any, ...]] = deque()
         # The last own ping before which every message read is in Redis or delivered.
         self.checkpoint = 0
-        self.recoveries: dict[int, str] = {}  # a `down` we published -> the dead server
+        # A `down` we published and whose event our listener has not read yet, and the
+        # other way round (which comes first is a race): event number -> dead server.
+        self._won: dict[int, str] = {}
+        self._read_downs: dict[int, str] = {}
         self.on_pong: Callable[[], None] = lambda: None
         self.on_declared_dead: Callable[[], None] = lambda: None
         self.on_reset: Callable[[], None] = lambda: None
+        self.on_suspect: Callable[[], None] = lambda: None
 
     ### Joining the cluster ###
 
@@ -580,8 +584,20 @@ class Dispatcher:
             return
         log.warning("Server %s is gone; %d left on this Redis", dead, len(self.view.servers))
         self._moved(homes)
-        if self.recoveries.pop(event["g"], None) == dead:
+        if self._won.pop(event["g"], None) == dead:
             self.spawn(self.recover, dead, event["g"])
+        else:
+            self._read_downs[event["g"]] = dead
+            while len(self._read_downs) > 100:
+                del self._read_downs[next(iter(self._read_downs))]
+
+    def won(self, dead: str, down_at: int) -> None:
+        """Our `down` script declared `dead` dead, at event `down_at`: redo its work once
+        our listener has read up to that event (and so holds every message before it)."""
+        if self._read_downs.pop(down_at, None) == dead:
+            self.spawn(self.recover, dead, down_at)
+        else:
+            self._won[down_at] = dead
 
     def _moved(self, homes: dict[str, str | None]) -> None:
         """Users whose oldest socket changed server mid-drain: the new home drains on."""
@@ -637,6 +653,13 @@ class Dispatcher:
                 return  # gone, or identified again, while we waited for the lock
             conn.ack = ack
             conn.announced = uid
+            socks = self.view.sockets.get(uid)
+            if socks and all(server != self.me for server, _ in socks):
+                # The user's other sockets are on other servers: a tab coming back after
+                # its server died. Have the death announced first, if Redis shows it
+                # already, so that this socket drains what the dead server held before
+                # anything newer, rather than after.
+                self.on_suspect()
             retrying(f"announcing a socket of {uid}",
                      lambda: self.cluster.on(conn.sid, uid, self.registry.user_conn_limit))
 

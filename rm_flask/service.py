@@ -89,6 +89,8 @@ class Service:
         self.dispatcher.on_pong = self.listener.pong
         self.dispatcher.on_declared_dead = self._join
         self.dispatcher.on_reset = self._join
+        self.dispatcher.on_suspect = self._reap_soon
+        self._last_reap = 0.0
         # Whether Redis answered the last heartbeat (each second). The listener may still
         # count as subscribed while Redis is gone: it retries the writes of messages it
         # already holds before it reads on and finds the connection closed.
@@ -156,6 +158,11 @@ class Service:
         about = f"{socket.gethostname()} {os.getpid()}"
         self.redis.set(names.server_key(self.server_id), about, ex=HEARTBEAT_TTL)
 
+    def _reap_soon(self) -> None:
+        """Look for dead servers now, unless someone just did (at most 5 times a second)."""
+        if time.monotonic() - self._last_reap >= 0.2:
+            self.reap_dead_servers()
+
     def reap_dead_servers(self, now: bool = False) -> None:
         """Declare dead the servers that died; the first survivor to do so redoes their work.
 
@@ -163,6 +170,7 @@ class Service:
         its (a process that is killed loses its connections at once, so its users, who
         reconnect elsewhere within a second or two, are served again within about as long).
         """
+        self._last_reap = time.monotonic()
         try:
             others = {m.decode() for m in self.redis.smembers(names.SERVERS_KEY)} - {self.server_id}
             if not others:
@@ -179,8 +187,7 @@ class Service:
                 if seq and now:
                     self.dispatcher.recover(other, seq)  # not listening yet: nothing read to add
                 elif seq:
-                    # Recovered once our listener has read up to this event.
-                    self.dispatcher.recoveries[seq] = other
+                    self.dispatcher.won(other, seq)
         except redis.RedisError as exc:
             log.warning("Could not check for dead servers: %s", exc)
 
