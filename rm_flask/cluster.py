@@ -139,6 +139,7 @@ return event({t = 'down', s = ARGV[1]})
 
 Socket = tuple[str, str]  # (server, sid)
 RECOVERY_WAIT = 10.0  # seconds drains wait at most for a dead server's work to be redone
+MAX_SEALS = 100_000  # a drain waits for its seal for moments; pings cover a seal forgotten
 
 
 @dataclass
@@ -159,7 +160,8 @@ class View:
     # uid -> (event its drain began at, the owner then, who must certify it): see `sealed`.
     draining: dict[str, tuple[int, str]] = field(default_factory=dict)
     returning: dict[str, set[str]] = field(default_factory=dict)  # uid -> servers giving back
-    seals: set[tuple[str, int]] = field(default_factory=set)  # (uid, event) certified
+    # (uid, event) certified by a `sealed` event, oldest first; only recent ones matter.
+    seals: dict[tuple[str, int], None] = field(default_factory=dict)
     recovered: set[str] = field(default_factory=set)  # dead servers whose work was redone
     # Dead servers whose work is being redone, since when (time.monotonic()): drains wait,
     # as what the dead server held goes back into the queues.
@@ -258,7 +260,10 @@ class View:
                 for uid in event["u"]:
                     self._returned(uid, server)
             elif kind == "sealed":
-                self.seals.update((uid, event["e"]) for uid in event["u"])
+                for uid in event["u"]:
+                    self.seals[(uid, event["e"])] = None
+                while len(self.seals) > MAX_SEALS:
+                    del self.seals[next(iter(self.seals))]
             else:
                 self.recovered.add(event["e"])
                 self.recovering.pop(event["e"], None)
