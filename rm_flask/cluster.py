@@ -137,6 +137,12 @@ return event({t = 'down', s = ARGV[1]})
 
 
 
+def message_id(era: str, seq: int, count: int | str) -> str:
+    """`era.event.count` in hex: where a message stands in the sequence (store.py reads it
+    back in Lua). A `count` given as text is one no other server gives out."""
+    return f"{era}.{seq:x}.{count if isinstance(count, str) else format(count, 'x')}"
+
+
 Socket = tuple[str, str]  # (server, sid)
 RECOVERY_WAIT = 10.0  # seconds drains wait at most for a dead server's work to be redone
 MAX_SEALS = 100_000  # a drain waits for its seal for moments; pings cover a seal forgotten
@@ -200,7 +206,7 @@ class View:
         (The dispatcher counts inline and makes the id only when it needs it.)
         """
         self.count += 1
-        return f"{self.era}.{self.seq:x}.{self.count:x}"
+        return message_id(self.era, self.seq, self.count)
 
     def owner(self, uid: str) -> str:
         """The one process that queues `uid`'s messages while they have no socket.

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import redis
 
 from . import cluster, envelope, names
-from .cluster import Cluster, Socket, View
+from .cluster import Cluster, Socket, View, message_id
 from .envelope import Message
 from .metrics import Metrics
 from .registry import Conn, Pending, Registry, User
@@ -84,8 +84,7 @@ class Incoming:
 
     def message(self) -> Message:
         if self._message is None:
-            count = self.count if isinstance(self.count, str) else f"{self.count:x}"
-            msg_id = f"{self.era}.{self.seq:x}.{count}"
+            msg_id = message_id(self.era, self.seq, self.count)
             self._message = Message(envelope.make(self.channel, self.data, self.received_ms, msg_id))
         return self._message
 

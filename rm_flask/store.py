@@ -18,7 +18,7 @@ import redis
 from . import names
 
 # Where a stored envelope stands in the sequence of messages all servers read: its id is
-# "$era.$event.$count" (hex, see cluster.View.next_id). The era changes when Redis loses
+# "$era.$event.$count" (hex, see cluster.message_id). The era changes when Redis loses
 # its data (event numbers start again); positions compare within one era only.
 _POSITION = """
 local function position(item)

@@ -116,10 +116,15 @@ def test_ack_client_dropping_after_10_of_1000_loses_nothing(server, clients, r, 
     wait_until(lambda: r.llen(f"rm:users:{uid}:messages") == 990, 10, "990 recommitted")
     assert queued(r, uid) == expected[10:]
     assert "recommitting" in server.log()
+    comes_back_for_the_990(server, clients, r, uid, expected, stalling, "ack drop")
+
+
+def comes_back_for_the_990(server, clients, r, uid, expected, stalling, what):
+    """The user identifies again and gets the 990 it had not acknowledged, once, in order."""
     tab = clients(server.url, {"uid": uid, "ack": True})
     tab.wait_for(990)
     counts = account(expected, stalling.payloads()[:10] + tab.payloads(), queued(r, uid))
-    print("ack drop:", counts)
+    print(f"{what}:", counts)
     assert counts["lost"] == 0 and counts["duplicated"] == 0
     assert tab.payloads() == expected[10:]
 
