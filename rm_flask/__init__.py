@@ -31,7 +31,7 @@ def create_app(
     from flask import Flask
     from flask_socketio import SocketIO
 
-    from . import demo, events, logs, views
+    from . import admin, assets, demo, events, logs, stats, views
     from .config import load_config
     from .service import Service
 
@@ -41,10 +41,18 @@ def create_app(
         import dataclasses
 
         config = dataclasses.replace(config, **overrides)
-    logs.setup(config.log_level)
+    logs.setup(config.log_level, config.log_format)
+    missing = assets.missing()
+    if missing:
+        import logging
 
-    root = __path__[0] + "/.."
-    app = Flask(__name__, template_folder=f"{root}/templates", static_folder=f"{root}/static")
+        logging.getLogger("rm_flask").warning(
+            "Missing browser files: %s (needed by %s): %s; until then those pages say so.",
+            ", ".join(missing), ", ".join(sorted(set(missing.values()))), assets.how_to_install(),
+        )
+
+    app = Flask(__name__, template_folder=str(assets.templates_dir()),
+                static_folder=str(assets.static_dir()))
     socketio = SocketIO(
         app,
         async_mode=async_mode,
@@ -64,6 +72,8 @@ def create_app(
     events.init_app(socketio, service)
     app.register_blueprint(views.bp)
     app.register_blueprint(demo.bp)
+    stats.init_app(app, service)
+    admin.init_app(app)
     if start:
         service.start()
     return app

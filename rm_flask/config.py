@@ -14,8 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
+# The admin page's password: long enough that guessing it over HTTP is hopeless.
+MIN_ADMIN_TOKEN = 16
 
 
 class ConfigError(ValueError):
@@ -57,6 +61,10 @@ class Config:
     # back.
     ping_interval: float = 25
     ping_timeout: float = 20
+    # The operators' page (/admin): off while null; HTTP Basic, user `admin`, this password.
+    admin_token: str | None = None
+    # `json`: one JSON object per log line, for log pipelines.
+    log_format: str = "text"
 
     def redis_kwargs(self) -> dict[str, Any]:
         """Arguments for `redis.Redis.from_url`."""
@@ -71,7 +79,7 @@ _RULES: dict[str, tuple[type, Any, str]] = {
     "redis_port": (int, lambda v: 1 <= v <= 65535, "an integer from 1 to 65535"),
     "redis_url": (
         str,
-        lambda v: v is None or v.startswith(("redis://", "rediss://", "unix://")),
+        lambda v: v is None or (v.startswith(("redis://", "rediss://", "unix://")) and _has_valid_port(v)),
         "null or a redis://, rediss:// or unix:// URL",
     ),
     "ws_port": (int, lambda v: 0 <= v <= 65535, "an integer from 0 to 65535"),
@@ -98,14 +106,33 @@ _RULES: dict[str, tuple[type, Any, str]] = {
     "identify_failures_per_address": (int, lambda v: v >= 1, "an integer >= 1"),
     "ping_interval": (float, lambda v: v >= 0.1, "a number of seconds >= 0.1"),
     "ping_timeout": (float, lambda v: v >= 0.1, "a number of seconds >= 0.1"),
+    "admin_token": (
+        str,
+        lambda v: v is None or (len(v) >= MIN_ADMIN_TOKEN and v.isprintable() and v.isascii()),
+        f"null or at least {MIN_ADMIN_TOKEN} printable ASCII characters",
+    ),
+    "log_format": (str, lambda v: v in LOG_FORMATS, "one of " + ", ".join(LOG_FORMATS)),
 }
 
-_NULLABLE = {"redis_url"}
+_NULLABLE = {"redis_url", "admin_token"}
+# Values that are passwords: an error names their length, not their text.
+_SECRET = {"admin_token"}
+
+
+def _has_valid_port(url: str) -> bool:
+    # redis-py would only fail on `redis://host:notaport` when it first connects, with a
+    # traceback; here it is one line at start-up like every other bad value.
+    try:
+        urlsplit(url).port  # noqa: B018 (reading the port is what parses it)
+    except ValueError:
+        return False
+    return True
 
 
 def _convert(key: str, value: Any, from_env: bool) -> Any:
     kind, check, expected = _RULES[key]
-    bad = ConfigError(f"config: {key}={value!r} is invalid: expected {expected}")
+    shown = f"<{len(value)} characters>" if key in _SECRET and isinstance(value, str) else repr(value)
+    bad = ConfigError(f"config: {key}={shown} is invalid: expected {expected}")
     if value is None or (from_env and key in _NULLABLE and value in ("", "null")):
         if key in _NULLABLE:
             return None

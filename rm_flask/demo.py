@@ -8,7 +8,6 @@ config `demo` is true; otherwise they answer 404.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -23,19 +22,13 @@ from flask import (
     send_from_directory,
 )
 
-from . import names
+from . import assets, names
 
 bp = Blueprint("demo", __name__)
 
 # The largest payload the demo publishes, in UTF-8 bytes. Apps may publish more; the demo
 # has no reason to.
 MAX_PAYLOAD = 64 * 1024
-
-# socket.io-client comes from npm (package.json); we serve it from where `npm ci` put it.
-VENDOR_FILES = {
-    "socket.io.min.js": "application/javascript",
-    "socket.io.min.js.map": "application/json",
-}
 
 # The page loads only its own files and talks only to its own origin (ws: included).
 CSP = (
@@ -62,10 +55,6 @@ def _service() -> Any:
     return current_app.extensions["redmessenger"]
 
 
-def _vendor_dir() -> Path:
-    return Path(current_app.root_path).parent / "node_modules" / "socket.io-client" / "dist"
-
-
 ### The page ###
 
 
@@ -81,6 +70,9 @@ def index() -> Response:
         # Lets the page put the server's clock beside its own, to tell queued messages.
         server_time=int(time.time() * 1000),
         max_payload=MAX_PAYLOAD,
+        # Without socket.io-client the page cannot connect: it says so instead.
+        missing_client="socket.io.min.js" in assets.missing(),
+        how_to_install=assets.how_to_install(),
     )
     response = Response(html, mimetype="text/html")
     response.headers["Content-Security-Policy"] = CSP
@@ -90,16 +82,17 @@ def index() -> Response:
 
 @bp.get("/vendor/<name>")
 def vendor(name: str) -> Response:
-    """Serve socket.io-client from node_modules (installed by `npm ci`, never committed)."""
-    if name not in VENDOR_FILES:
+    """Serve a browser library from npm: from the package (a wheel), else node_modules."""
+    if name not in assets.VENDOR_FILES:
         abort(404)
-    folder = _vendor_dir()
-    if not (folder / name).is_file():
+    path = assets.vendor_path(name)
+    media_type = assets.VENDOR_FILES[name][2]
+    if not path.is_file():
         return Response(
-            f"// {name} is not installed: run `npm ci` in the project folder.\n",
-            status=404, mimetype="application/javascript",
+            f"/* {name} is not installed: {assets.how_to_install()}. */\n",
+            status=404, mimetype=media_type,
         )
-    return send_from_directory(folder, name, mimetype=VENDOR_FILES[name], max_age=3600)
+    return send_from_directory(path.parent, path.name, mimetype=media_type, max_age=3600)
 
 
 ### Demo-only endpoints ###

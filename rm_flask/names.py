@@ -30,6 +30,19 @@ def queue_key(uid: str) -> str:
     return f"{PREFIX}:users:{uid}:messages"
 
 
+# Every user's queue, for SCAN MATCH (the operators' page looks for the deepest ones).
+QUEUE_KEY_PATTERN = f"{PREFIX}:users:*:messages"
+
+
+def uid_of_queue_key(key: str) -> str | None:
+    """The uid whose queue `key` is; None if `key` is not a valid user's queue."""
+    head, tail = f"{PREFIX}:users:", ":messages"
+    if not (key.startswith(head) and key.endswith(tail)):
+        return None
+    uid = key[len(head):-len(tail)]
+    return uid if valid_id(uid) else None
+
+
 def user_key_key(uid: str) -> str:
     """The string holding `uid`'s authentication token (secure mode)."""
     return f"{PREFIX}:users:{uid}:key"

@@ -76,6 +76,13 @@
       setupGroups();
     }
 
+    if (typeof io === "undefined") {
+      // socket.io-client did not load (not installed on the server, or blocked): say so
+      // rather than wait forever on "Connecting…".
+      $("status").dataset.state = "error";
+      $("status").textContent = "Cannot connect: socket.io-client did not load (/vendor/socket.io.min.js)";
+      return;
+    }
     rm = new RedMessenger(location.origin + config.route, { uid: uid, key: key });
     rm.onMessage = showMessage;
     rm.on("connected", function () { setStatus("connected", "Connected, identifying…"); });
