@@ -189,10 +189,10 @@ def check(config: Any) -> int:
 
     problems = 0
 
-    def line(ok: bool, text: str) -> None:
+    def line(ok: bool, text: str, failure: str = "FAIL") -> None:
         nonlocal problems
         problems += not ok
-        print(("ok       " if ok else "MISSING  ") + text)
+        print(f"{'ok' if ok else failure:<9}{text}")
 
     line(True, f"config: valid (secure_mode {_onoff(config.secure_mode)}, demo {_onoff(config.demo)}, "
                f"admin page {_onoff(config.admin_token is not None)}, log_format {config.log_format})")
@@ -214,11 +214,11 @@ def check(config: Any) -> int:
             continue
         if name in missing:
             line(False, f"/vendor/{name}: not installed (needed by {missing[name]}): "
-                        f"{assets.how_to_install()}")
+                        f"{assets.how_to_install()}", failure="MISSING")
         else:
             line(True, f"/vendor/{name}: {assets.vendor_path(name)}")
     for what, folder in (("templates", assets.templates_dir()), ("static", assets.static_dir())):
-        line(folder.is_dir(), f"{what}: {folder}")
+        line(folder.is_dir(), f"{what}: {folder}", failure="MISSING")
     return EXIT_UNAVAILABLE if problems else 0
 
 
