@@ -59,5 +59,5 @@ def missing() -> dict[str, str]:
 
 
 def how_to_install() -> str:
-    return ("run `npm ci` in the checkout, or install the wheel "
-            "(`pip install redmessenger-*.whl`), which carries them")
+    return ('run "npm ci" in the checkout, or install the wheel (pip install redmessenger-*.whl), '
+            "which carries them")

@@ -94,17 +94,19 @@ def serve(config: Any, host: str, embedded_redis: bool) -> int:
         log.info("Embedded Redis on 127.0.0.1:%d, data in %s/", config.redis_port, config.data_dir)
 
     try:
+        # Listening first: a server that cannot take connections must not join the others.
+        try:
+            listener = _listen(host, config.ws_port, config.conn_limit)
+        except OSError as exc:
+            print(f"serve: cannot listen on {host}:{config.ws_port} (ws_port): {exc.strerror}",
+                  file=sys.stderr)
+            return EXIT_UNAVAILABLE
         try:
             app = create_app(config, async_mode="gevent")
         except RedisUnreachable as exc:
             print(exc, file=sys.stderr)
             return EXIT_UNAVAILABLE
-        try:
-            server = _server(app, host, config.ws_port, config.conn_limit, config.log_level == "debug")
-        except OSError as exc:
-            print(f"serve: cannot listen on {host}:{config.ws_port} (ws_port): {exc.strerror}",
-                  file=sys.stderr)
-            return EXIT_UNAVAILABLE
+        server = _server(listener, app, config.log_level == "debug")
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         log.info("RedMessenger serving on http://%s:%d (namespace %s)", host, config.ws_port, config.rm_route)
         server.serve_forever()
@@ -116,26 +118,29 @@ def serve(config: Any, host: str, embedded_redis: bool) -> int:
     return 0
 
 
-def _server(app: Any, host: str, port: int, conn_limit: int, log_requests: bool) -> Any:
-    """The gevent WebSocket server that `socketio.run` would make, on a listener of ours.
-
-    Ours sets TCP_NODELAY (inherited by accepted sockets), as gunicorn does: without it a
-    small frame that follows another waits for the client's delayed ACK, about 40 ms.
-    """
+def _listen(host: str, port: int, conn_limit: int) -> Any:
+    """The listening socket, with TCP_NODELAY (inherited by accepted sockets), as gunicorn
+    does: without it a small frame that follows another waits for the client's delayed ACK,
+    about 40 ms."""
     import socket
 
-    from gevent import pywsgi
-    from geventwebsocket.handler import WebSocketHandler
-
     listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         listener.bind((host, port))
+        listener.listen(min(conn_limit, 4096))
     except OSError:
         listener.close()
         raise
-    listener.listen(min(conn_limit, 4096))
+    return listener
+
+
+def _server(listener: Any, app: Any, log_requests: bool) -> Any:
+    """The gevent WebSocket server that `socketio.run` would make, on our listener."""
+    from gevent import pywsgi
+    from geventwebsocket.handler import WebSocketHandler
+
     return pywsgi.WSGIServer(
         listener, app, handler_class=WebSocketHandler, log=None if not log_requests else "default",
     )

@@ -86,7 +86,9 @@
         series: [{}].concat(chart.series.map(function (s) {
           return { label: s[0], stroke: s[2], width: 2, spanGaps: true };
         })),
-        axes: [{}, { size: 60 }]
+        axes: [{}, { size: 60 }],
+        // Labels only: values under the cursor would mostly read "--".
+        legend: { live: false }
       };
       chart.plot = new uPlot(options, data(chart), element);
     });
@@ -161,7 +163,8 @@
       var q = snapshot.queues;
       fill("queues", q.deepest.map(function (entry) { return [entry.uid, number(entry.length)]; }));
       $("queues-note").textContent = q.deepest.length
-        ? number(q.found) + " queues" + (q.complete ? "" : " in the first part of a large key space")
+        ? number(q.found) + (q.found === 1 ? " user has" : " users have") + " queued messages"
+          + (q.complete ? "" : " (in the part of a large key space scanned)")
         : "No user has queued messages.";
     }
     $("inbox").textContent = snapshot.inbox

@@ -3,7 +3,6 @@ says what is missing, and `check` that fails. Then the same checkout with node_m
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,19 +10,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.processes import ROOT, ServerProcess
+from tests.support.processes import ServerProcess, checkout_without_npm
 
 
 @pytest.fixture(scope="module")
 def bare_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The repository's server files, as `pip install -r requirements.txt` leaves them: no
-    node_modules (and no package inside the venv to fall back on)."""
-    folder = tmp_path_factory.mktemp("no-npm")
-    for name in ("rm_flask", "templates", "static"):
-        shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("wsgi.py", "gunicorn.conf.py", "config.json"):
-        shutil.copy(ROOT / name, folder / name)
-    return folder
+    return checkout_without_npm(tmp_path_factory.mktemp("no-npm"))
 
 
 @pytest.fixture(scope="module")

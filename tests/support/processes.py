@@ -123,6 +123,18 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def checkout_without_npm(folder: Path) -> Path:
+    """The repository's server files in `folder`, as `pip install -r requirements.txt` and
+    a copy of the code leave them: no node_modules, and no package in the venv to fall back on."""
+    import shutil
+
+    for name in ("rm_flask", "templates", "static"):
+        shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("wsgi.py", "gunicorn.conf.py", "config.json"):
+        shutil.copy(ROOT / name, folder / name)
+    return folder
+
+
 def start_redis(data_dir: Path, port: int | None = None, persist: bool = False,
                 fsync_always: bool = False) -> RedisServer:
     return RedisServer(port or free_port(), data_dir, persist=persist, fsync_always=fsync_always).start()
