@@ -71,3 +71,27 @@ def test_bad_file_values_and_unknown_keys(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_config(path, environ={})
+
+
+def test_admin_token_and_log_format(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config(environ={}).admin_token is None and load_config(environ={}).log_format == "text"
+    config = load_config(environ={"RM_ADMIN_TOKEN": "x" * 16, "RM_LOG_FORMAT": "json"})
+    assert config.admin_token == "x" * 16 and config.log_format == "json"
+    assert load_config(environ={"RM_ADMIN_TOKEN": "null"}).admin_token is None
+    for bad in ("x" * 15, "tab\tinside-a-long-token", "ünïcode-ünïcode-ünïcode"):
+        with pytest.raises(ConfigError) as err:
+            load_config(environ={"RM_ADMIN_TOKEN": bad})
+        # A password is named by its length, never shown.
+        assert str(err.value) == (f"config: admin_token=<{len(bad)} characters> is invalid: expected null "
+                                  "or at least 16 printable ASCII characters")
+    with pytest.raises(ConfigError, match="log_format='xml' is invalid: expected one of text, json"):
+        load_config(environ={"RM_LOG_FORMAT": "xml"})
+
+
+def test_a_redis_url_with_a_bad_port_is_refused_at_start_up(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="redis_url='redis://h:port/0' is invalid"):
+        load_config(environ={"RM_REDIS_URL": "redis://h:port/0"})
+    assert load_config(environ={"RM_REDIS_URL": "unix:///run/redis.sock"}).redis_url == "unix:///run/redis.sock"
+    assert load_config(environ={"RM_REDIS_URL": "rediss://u:p@h:6380/1"}).redis_url == "rediss://u:p@h:6380/1"
