@@ -25,6 +25,8 @@ log = logging.getLogger("rm_flask")
 # An identifier longer than this is refused before it is looked at any further.
 MAX_IDENTIFIER = 2048
 MAX_KEY = 1024
+# Seconds an identify waits for a server that is starting or rejoining Redis (SPEC §4).
+IDENTIFY_HOLD = 5.0
 
 
 class IdentifyError(Exception):
@@ -152,8 +154,9 @@ def init_app(socketio: SocketIO, service: Service) -> None:
             uid, key, ack = parse_identifier(data)
             if per_uid.blocked(uid):
                 raise IdentifyError("rate_limited")
-            if not service.accepting():
-                # We could not deliver anything, nor tell what is queued: say so at once.
+            if not service.accepting() and not service.wait_accepting(IDENTIFY_HOLD):
+                # Starting or rejoining takes moments; past that, Redis is out of reach:
+                # we could not deliver anything, nor tell what is queued.
                 raise IdentifyError("unavailable")
             if config.secure_mode:
                 if not (per_uid.attempt(uid) and per_address.attempt(host)):
@@ -163,6 +166,18 @@ def init_app(socketio: SocketIO, service: Service) -> None:
                 counted = False
                 per_uid.forgive(uid)
                 per_address.forgive(host)
+            if conn.requested == uid:
+                dispatcher.switch_ack(conn, ack)  # the same uid again: only the mode may change
+                return {"ok": True, "uid": uid}
+            if conn.announced is not None:
+                dispatcher.leave(conn)
+            conn.requested, conn.ack = uid, ack
+            log.info("Assigning id %s to socket %s.", uid, conn.address)
+            log.info("You're subscribed to %s!", names.user_channel(uid))
+            # Announced before the reply, so that whatever is published once the client
+            # has its reply comes after the announcement in every server's sequence.
+            if not dispatcher.admit(conn, uid):
+                raise IdentifyError("unavailable")
         except IdentifyError as exc:
             log.warning("Refusing identifier %s from %s: %s", describe(data), conn.address, exc.code)
             metrics.identify_failed.labels(exc.code).inc()
@@ -173,17 +188,7 @@ def init_app(socketio: SocketIO, service: Service) -> None:
                 per_address.forgive(host)
             transport.refuse(conn.sid, exc.code)
             return {"ok": False, "error": exc.code}
-        if conn.requested == uid:
-            return {"ok": True, "uid": uid}  # the same identify again: nothing changes
-        if conn.announced is not None:
-            dispatcher.leave(conn)
-        conn.requested = uid
         metrics.identified.inc()
-        log.info("Assigning id %s to socket %s.", uid, conn.address)
-        log.info("You're subscribed to %s!", names.user_channel(uid))
-        # Announced before the reply, so that whatever is published once the client has
-        # its reply comes after the announcement in every server's sequence.
-        dispatcher.admit(conn, uid, ack)
         return {"ok": True, "uid": uid}
 
     @socketio.on("disconnect", namespace=namespace)

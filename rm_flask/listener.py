@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import termios
 import threading
 import time
+from array import array
 from collections.abc import Callable
 
 import redis
@@ -49,6 +52,7 @@ class Listener:
         self._pubsub: redis.client.PubSub | None = None
         self._connections = 0
         self._down_since: float | None = None  # when the subscription was lost, if it is
+        self._handling = False  # routing what it read
 
     def run(self) -> None:
         backoff = BACKOFF_FIRST
@@ -78,7 +82,11 @@ class Listener:
                         # What was read is ours to deliver, even if the connection then
                         # broke.
                         if batch:
-                            self.on_messages(batch)
+                            self._handling = True
+                            try:
+                                self.on_messages(batch)
+                            finally:
+                                self._handling = False
                     if self.stopped.is_set():
                         break
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
@@ -104,7 +112,7 @@ class Listener:
         self.last_received = time.monotonic()
         kind = message["type"]
         if kind == "pmessage":
-            batch.append((message["channel"].decode("utf-8", "replace"), message["data"]))
+            batch.append((names.decode(message["channel"]), message["data"]))
         elif kind == "message":
             batch.append((names.CLUSTER_CHANNEL, message["data"]))
         elif kind == "subscribe":
@@ -127,6 +135,23 @@ class Listener:
     def pong(self) -> None:
         """Our ping came back through the subscription."""
         self.last_pong = time.monotonic()
+
+    def busy(self) -> bool:
+        """Is there something we have not read yet? Then the subscription is not stuck,
+        we are slow (thousands of sockets identifying at once, say): replacing it would
+        throw away everything Redis holds for us."""
+        if self._handling:
+            return True
+        pubsub = self._pubsub
+        sock = getattr(pubsub.connection, "_sock", None) if pubsub is not None else None
+        if sock is None:
+            return False
+        waiting = array("i", [0])
+        try:
+            fcntl.ioctl(sock.fileno(), termios.FIONREAD, waiting)  # bytes in the kernel's buffer
+        except (OSError, ValueError):
+            return False
+        return waiting[0] > 0
 
     def kick(self) -> None:
         """Drop a subscription that stopped delivering, so that `run` makes a new one."""

@@ -17,8 +17,36 @@ MAX_ID_LENGTH = 256
 
 
 def valid_id(value: object) -> bool:
-    """Tell whether `value` may name a user or a group."""
-    return isinstance(value, str) and _UID.fullmatch(value) is not None
+    """Tell whether `value` may name a user or a group (SPEC §4).
+
+    The one place this rule lives. A uid must also encode as UTF-8: one with a lone
+    surrogate could be accepted from a socket but never written to Redis, and every
+    script call carrying it (announcing the server's sockets after a reconnect among
+    them) would fail.
+    """
+    if not isinstance(value, str) or _UID.fullmatch(value) is None:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def decode(raw: bytes) -> str:
+    """A channel or member name read from Redis, as text that `valid_id` judges.
+
+    Bytes that are not UTF-8 become lone surrogates, which `valid_id` refuses, rather
+    than U+FFFD, which would map a bad name onto a real user's.
+    """
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """`text` cut to `limit` characters, safe to log: undecodable bytes shown escaped."""
+    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def user_channel(uid: str) -> str:

@@ -18,7 +18,7 @@ from redis.retry import Retry
 from . import names
 from .cluster import Cluster
 from .config import Config
-from .dispatcher import Dispatcher, retrying
+from .dispatcher import Dispatcher, pool_busy, retrying
 from .events import SocketTransport
 from .listener import Listener
 from .metrics import Metrics
@@ -57,6 +57,17 @@ class Service:
             health_check_interval=15,
         )
         self.redis = redis.Redis(connection_pool=pool)
+        # Heartbeats and pings on connections of their own: a pool emptied by a storm of
+        # identifies must not make this server look dead, nor Redis look down to it.
+        self.housekeeping_redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+            config.redis_kwargs()["url"],
+            max_connections=2,
+            timeout=5,
+            client_name=names.client_name(self.server_id),
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            socket_keepalive=True,
+        ))
         # The subscription waits for messages indefinitely, so it gets no read timeout;
         # the round trips through the control channel notice when it stops delivering.
         # No retries inside redis-py either: its retry reconnects and resubscribes on its
@@ -76,6 +87,7 @@ class Service:
         self.store = Store(self.redis, self.server_id, config.queue_expiry, config.max_queue_length)
         self.transport = SocketTransport(socketio, config.rm_route, config.max_buffered)
         self.cluster = Cluster(self.redis, self.server_id)
+        self.housekeeping_cluster = Cluster(self.housekeeping_redis, self.server_id)
         self.dispatcher = Dispatcher(
             self.store, self.registry, self.transport, self.metrics,
             spawn=socketio.start_background_task, cluster=self.cluster,
@@ -90,6 +102,9 @@ class Service:
         self.dispatcher.on_declared_dead = self._join
         self.dispatcher.on_reset = self._join
         self.dispatcher.on_suspect = self._reap_soon
+        # Set when the view is loaded after a (re)join: identifies held meanwhile go on.
+        self._synced = threading.Event()
+        self.dispatcher.on_synced = self._synced.set
         self._last_reap = 0.0
         # Whether Redis answered the last heartbeat (each second). The listener may still
         # count as subscribed while Redis is gone: it retries the writes of messages it
@@ -150,13 +165,14 @@ class Service:
 
     def _join(self) -> None:
         """Subscribed (again): announce this server and learn the cluster as of then."""
+        self._synced.clear()
         snapshot = retrying("announcing this server",
                             lambda: self.cluster.up(self.dispatcher.own_sockets()))
         self.dispatcher.joining(snapshot)
 
     def _heartbeat(self) -> None:
         about = f"{socket.gethostname()} {os.getpid()}"
-        self.redis.set(names.server_key(self.server_id), about, ex=HEARTBEAT_TTL)
+        self.housekeeping_redis.set(names.server_key(self.server_id), about, ex=HEARTBEAT_TTL)
 
     def _reap_soon(self) -> None:
         """Look for dead servers now, unless someone just did (at most 5 times a second)."""
@@ -198,16 +214,18 @@ class Service:
                 self.dispatcher.expire_unacknowledged()
                 self._heartbeat()
                 # Says how far our listener has read: a drain waiting on us can go on.
-                self.cluster.mark("ping", ref=self.dispatcher.view.seq)
+                self.housekeeping_cluster.mark("ping", ref=self.dispatcher.view.seq)
                 self.redis_ok = True
                 if (
                     self.listener.subscribed
                     and time.monotonic() - self.listener.last_received > STUCK_AFTER
+                    and not self.listener.busy()
                 ):
                     self.listener.kick()
                 self.reap_dead_servers()
             except redis.RedisError as exc:
-                self.redis_ok = False
+                if not pool_busy(exc):
+                    self.redis_ok = False
                 log.debug("housekeeping: Redis unavailable: %s", exc)
             except Exception:
                 log.exception("housekeeping failed")
@@ -223,7 +241,21 @@ class Service:
 
     def accepting(self) -> bool:
         """Can a socket that identifies now be served?"""
-        return self.listener.subscribed and self.redis_ok
+        return self.listener.subscribed and self.redis_ok and self.dispatcher.view.synced
+
+    def wait_accepting(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for `accepting()`: a server that is starting or
+        rejoining Redis holds identifies for moments rather than refusing them."""
+        deadline = time.monotonic() + timeout
+        while not self.accepting():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._synced.is_set():
+                time.sleep(min(left, 0.1))  # synced, but Redis or the subscription is not back
+            else:
+                self._synced.wait(min(left, 0.5))
+        return True
 
     ### Health ###
 
