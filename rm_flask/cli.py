@@ -104,6 +104,7 @@ def serve(config: Any, host: str, embedded_redis: bool) -> int:
         try:
             app = create_app(config, async_mode="gevent")
         except RedisUnreachable as exc:
+            listener.close()
             print(exc, file=sys.stderr)
             return EXIT_UNAVAILABLE
         server = _server(listener, app, config.log_level == "debug")
