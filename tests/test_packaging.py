@@ -63,7 +63,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     run_dir = base / "run"  # no node_modules, no templates, no config.json
     run_dir.mkdir()
     print("\ninstall steps on a fresh venv: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
-    yield {"venv": venv, "wheel": wheels[0], "run": run_dir, "timings": timings}
+    yield {"venv": venv, "wheel": wheels[0], "run": run_dir, "timings": timings, "source": source}
 
 
 def env(**values: str) -> dict[str, str]:
@@ -166,3 +166,26 @@ def test_installed_command_refuses_a_bad_value_in_one_line(installed):
     assert result.returncode == 2
     assert result.stdout == "" and result.stderr == (
         "config: redis_port='notaport' is invalid: expected an integer from 1 to 65535\n")
+
+
+@pytest.mark.parametrize("case", ["a file that differs from the lock", "no tarball to check against"])
+def test_the_build_refuses_npm_files_it_cannot_check(installed, tmp_path, case):
+    source = tmp_path / "clone"
+    shutil.copytree(installed["source"], source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    variables = env()
+    if case == "a file that differs from the lock":
+        bundle = source / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
+        bundle.write_bytes(bundle.read_bytes() + b"\n;window.tampered = true;\n")
+        expected = ("node_modules/socket.io-client/dist/socket.io.min.js differs from socket.io-client's "
+                    "locked tarball (package-lock.json): run `npm ci`")
+    else:
+        # An empty npm cache, and no npm to fill it.
+        variables.update(npm_config_cache=str(tmp_path / "empty-cache"),
+                         PATH=os.pathsep.join(p for p in variables["PATH"].split(os.pathsep)
+                                              if not (Path(p) / "npm").exists()))
+        expected = "the npm tarball of socket.io-client@4.8.4 is not in npm's cache"
+    result = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "dist"),
+                             str(source)], capture_output=True, text=True, env=variables, timeout=600)
+    assert result.returncode != 0
+    assert expected in result.stdout + result.stderr, result.stdout[-2000:] + result.stderr[-2000:]
+    assert not list((tmp_path / "dist").glob("*.whl")) if (tmp_path / "dist").exists() else True
