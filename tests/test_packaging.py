@@ -7,6 +7,7 @@ The clone is of the last commit: uncommitted changes are not in the wheel.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -183,8 +184,6 @@ def test_the_build_refuses_npm_files_it_cannot_check(installed, tmp_path, case):
         variables.update(npm_config_cache=str(tmp_path / "empty-cache"),
                          PATH=os.pathsep.join(p for p in variables["PATH"].split(os.pathsep)
                                               if not (Path(p) / "npm").exists()))
-        import json
-
         lock = json.loads((ROOT / "package-lock.json").read_text())
         version = lock["packages"]["node_modules/socket.io-client"]["version"]
         expected = f"the npm tarball of socket.io-client@{version} is not in npm's cache"
