@@ -17,6 +17,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, render_templ
 
 from . import assets
 from .demo import CSP
+from .stats import Stats
 
 bp = Blueprint("admin", __name__)
 log = logging.getLogger("rm_flask")
@@ -102,7 +103,8 @@ def stats_json() -> Response:
     return jsonify(snapshot(current_app.extensions["rm_stats"]))
 
 
-def snapshot(stats: Any) -> dict[str, Any]:
+def snapshot(stats: Stats) -> dict[str, Any]:
+    """Everything the page shows, as of now."""
     service = stats.service
     samples = stats.samples()
 

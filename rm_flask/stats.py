@@ -11,12 +11,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from prometheus_client.core import GaugeMetricFamily
 
 from . import names
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from .service import Service
 
 QUEUE_SCAN_EVERY = 5.0  # seconds a queue scan is reused
 QUEUE_SCAN_BUDGET = 10_000  # keys a scan looks at, at most; past it the figures are a sample
@@ -41,7 +46,7 @@ class QueueScan:
 class Stats:
     """Reads the numbers of one running server."""
 
-    def __init__(self, service: Any) -> None:
+    def __init__(self, service: Service) -> None:
         self.service = service
         self._scan = QueueScan()
         self._servers: tuple[float, list[dict[str, Any]]] = (0.0, [])
@@ -176,7 +181,7 @@ class Gauges:
         return families
 
 
-def init_app(app: Any, service: Any) -> Stats:
+def init_app(app: Flask, service: Service) -> Stats:
     """Give `app` the operators' numbers, and `service`'s /metrics their gauges."""
     stats = Stats(service)
     service.metrics.registry.register(Gauges(stats))
