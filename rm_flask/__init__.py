@@ -32,6 +32,7 @@ def create_app(
     from flask_socketio import SocketIO
 
     from . import demo, events, logs, views
+    from .client_manager import ClientManager
     from .config import load_config
     from .service import Service
 
@@ -57,6 +58,7 @@ def create_app(
         # Clients only ever send identifiers and acks: a larger packet is hostile, and
         # Engine.IO closes that connection without reading it.
         max_http_buffer_size=MAX_PACKET,
+        client_manager=ClientManager(),
     )
     service = Service(config, socketio)
     app.extensions["redmessenger"] = service

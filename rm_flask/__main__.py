@@ -11,6 +11,8 @@ import signal  # noqa: E402
 import sys  # noqa: E402
 from typing import Any  # noqa: E402
 
+import gevent  # noqa: E402
+
 
 def serve(app: Any, host: str, port: int, conn_limit: int, log_requests: bool) -> Any:
     """The gevent WebSocket server that `socketio.run` would make, on a listener of ours.
@@ -76,8 +78,16 @@ def main(argv: list[str] | None = None) -> int:
         except RedisUnreachable as exc:
             print(exc, file=sys.stderr)
             return 1
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         server = serve(app, args.host, config.ws_port, config.conn_limit, config.log_level == "debug")
+
+        def graceful() -> None:
+            # In a greenlet of its own (gevent's handler): a plain signal handler raises
+            # in whichever greenlet happens to run, which may be the listener mid-batch.
+            log.info("SIGTERM: unsubscribing, then stopping")
+            app.extensions["redmessenger"].stop()
+            server.stop(timeout=1)
+
+        gevent.signal_handler(signal.SIGTERM, graceful)
         log.info("RedMessenger serving on http://%s:%d (namespace %s)",
                  args.host, config.ws_port, config.rm_route)
         server.serve_forever()
