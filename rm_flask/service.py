@@ -247,11 +247,12 @@ class Service:
 
     def wait_accepting(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for `accepting()`: a server that is starting or
-        rejoining Redis holds identifies for moments rather than refusing them."""
+        rejoining Redis holds identifies for moments rather than refusing them. One
+        that cannot reach Redis at all says so at once."""
         deadline = time.monotonic() + timeout
         while not self.accepting():
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or not self.redis_ok:
                 return False
             if self._synced.is_set():
                 time.sleep(min(left, 0.1))  # synced, but Redis or the subscription is not back
