@@ -30,6 +30,7 @@ _REASONS: list[tuple[type[Exception], str]] = [
     (jwt.InvalidAlgorithmError, "algorithm not allowed"),
     (jwt.MissingRequiredClaimError, "missing exp or sub"),
     (jwt.exceptions.InvalidSubjectError, "for another user"),
+    (jwt.InvalidAudienceError, "meant for an audience (aud)"),
     (jwt.DecodeError, "malformed"),
 ]
 

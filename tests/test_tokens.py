@@ -75,6 +75,7 @@ def bad_tokens(uid: str) -> dict[str, str]:
         "HS512, not in the list": signed({"sub": uid, "exp": now + 600}, algorithm="HS512",
                                          secret=SECRET + "x" * 32),
         "another user's": token_for(uid + "-other", secret=SECRET),
+        "meant for an audience": signed({"sub": uid, "exp": now + 600, "aud": "another-service"}),
         "no exp": signed({"sub": uid}),
         "no sub": signed({"exp": now + 600}),
         "sub not a string": signed({"sub": 7, "exp": now + 600}),
