@@ -275,3 +275,19 @@ def test_get_token_is_called_before_every_identify(new_page, demo_server):
     ]
     assert result["calls"] == 4 and result["errors"] == ["token_error"]
     assert result["stateAfterFailure"] == "retrying" and result["state"] == "identified"
+
+
+def test_a_tab_refused_conn_limit_comes_back_when_a_slot_frees(new_page, make_server, r):
+    server = make_server(demo=True, conn_limit=1)
+    first = new_page("quinn", server=server)
+    second = new_page("rosa", server=server, init_script=RECORD_STATUS, wait_identified=False)
+    status = second.locator("#status")
+    expect(status).to_have_attribute("data-state", "retrying")
+    expect(status).to_contain_text("The server is full. Retrying in")
+    wait_until(lambda: server.log().count("Refusing connection") >= 2, 20, "a second refusal")
+    first.close()
+    expect(status).to_have_attribute("data-state", "identified", timeout=COMEBACK_MS)
+    assert r.publish("rm.users.rosa", "there is room now") >= 1
+    expect(received(second).locator(".text")).to_have_text(["there is room now"])
+    print(f"refused conn_limit {server.log().count('Refusing connection')}x; "
+          f"the page showed: {second.evaluate('window.statusLog')}")
