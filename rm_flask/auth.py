@@ -40,8 +40,10 @@ class Gate:
             self.limits.check_address(host)
         except RateLimited:
             raise IdentifyError("rate_limited") from None
-        except redis.RedisError:
-            raise IdentifyError("unavailable") from None
+        except redis.RedisError as exc:
+            # Let the handler decide what a Redis it cannot reach means (hold or refuse);
+            # in secure mode `authenticate` checks this limit again before any key.
+            log.debug("could not check the identify limit of %s: %s", host, exc)
 
     def authenticate(self, uid: str, key: str | None, data: Any, host: str) -> None:
         """Secure mode: let `uid` in only with its key or a token for it, and count what fails.
