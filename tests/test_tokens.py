@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import jwt
 import pytest
@@ -198,3 +199,24 @@ def test_verify_never_fails_otherwise_than_with_token_error(token):
     """Beside the real tests above: whatever arrives as a token, the answer is a TokenError."""
     with pytest.raises(TokenError):
         verify(token, "u", [SECRET], ["HS256"])
+
+
+def test_random_tokens_over_the_wire_never_crash_the_server(make_server, uid):
+    server = make_server(secure_mode=True, token_secret=SECRET, identify_failures_per_uid=100_000,
+                         identify_failures_per_address=100_000, log_level="warning")
+    jwt_like = st.lists(st.text(alphabet="abcdefXYZ0189-_=+/", max_size=80), min_size=2, max_size=4)
+    latin1 = st.binary(max_size=120).map(lambda b: b.decode("latin-1"))
+    answers = []
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.one_of(st.text(max_size=200), jwt_like.map(".".join), latin1))
+    def check(token):
+        reply = identify(server, {"uid": uid, "token": token})[0]
+        answers.append(reply and reply["error"])
+        assert reply == {"ok": False, "error": "unauthorized"}, repr(token)
+
+    check()
+    print("answers:", dict(Counter(answers)))
+    good = token_for(uid, secret=SECRET)
+    assert identify(server, {"uid": uid, "token": good})[0] == {"ok": True, "uid": uid}
+    assert "Traceback" not in server.log() and "Exception" not in server.log()
