@@ -220,3 +220,10 @@ def test_random_tokens_over_the_wire_never_crash_the_server(make_server, uid):
     good = token_for(uid, secret=SECRET)
     assert identify(server, {"uid": uid, "token": good})[0] == {"ok": True, "uid": uid}
     assert "Traceback" not in server.log() and "Exception" not in server.log()
+
+
+def test_a_key_with_a_lone_surrogate_is_a_wrong_key_not_a_crash(secure, r, uid):
+    r.set(f"rm:users:{uid}:key", "s3cret")
+    assert identify(secure, {"uid": uid, "key": "s3\ud800cret"})[0] == {"ok": False, "error": "unauthorized"}
+    assert identify(secure, f"{uid}:\udfff")[0] == {"ok": False, "error": "unauthorized"}
+    assert identify(secure, f"{uid}:s3cret")[0] == {"ok": True, "uid": uid}
