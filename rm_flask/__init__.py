@@ -16,6 +16,16 @@ MAX_PACKET = 64 * 1024
 # before its __main__ can monkey-patch for gevent, and patching must come first.
 
 
+def token_for(uid: str, ttl: int = 3600, secret: str | None = None) -> str:
+    """Sign a token that lets `uid` identify for `ttl` seconds (for the app's login view).
+
+    `secret` defaults to the first of config `token_secret`. See rm_flask/tokens.py.
+    """
+    from .tokens import token_for as sign  # PyJWT imports ssl: not before gevent patches
+
+    return sign(uid, ttl=ttl, secret=secret)
+
+
 def create_app(
     config: Config | None = None,
     *,

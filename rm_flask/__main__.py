@@ -1,4 +1,7 @@
-"""`python -m rm_flask [--config PATH] [--embedded-redis]`: the development server."""
+"""`python -m rm_flask [--config PATH] [--embedded-redis]`: the development server.
+
+`python -m rm_flask token UID [--ttl S]` prints a signed identify token for UID.
+"""
 
 from gevent import monkey
 
@@ -35,7 +38,41 @@ def serve(app: Any, host: str, port: int, conn_limit: int, log_requests: bool) -
     )
 
 
+def token_command(argv: list[str]) -> int:
+    """`token UID [--ttl S] [--config PATH]`: print a token for UID, signed with the first
+    of config `token_secret` (for shells and scripts; apps call rm_flask.token_for)."""
+    parser = argparse.ArgumentParser(prog="python -m rm_flask token",
+                                     description="Print a signed identify token for a user.")
+    parser.add_argument("uid", help="the user the token is for (its sub claim)")
+    parser.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid (default 3600)")
+    parser.add_argument("--config", help="JSON config file (default: $RM_CONFIG or ./config.json)")
+    args = parser.parse_args(argv)
+
+    from .config import ConfigError, load_config
+    from .tokens import token_for
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if not config.token_secret:
+        print("config: token_secret is not set (config.json or RM_TOKEN_SECRET)", file=sys.stderr)
+        return 2
+    try:
+        token = token_for(args.uid, ttl=args.ttl, secret=config.token_secret[0],
+                          algorithm=config.token_algorithms[0])
+    except ValueError as exc:
+        print(f"token: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["token"]:
+        return token_command(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m rm_flask", description=__doc__)
     parser.add_argument("--config", help="JSON config file (default: $RM_CONFIG or ./config.json)")
     parser.add_argument(
