@@ -16,6 +16,16 @@ MAX_PACKET = 64 * 1024
 # before its __main__ can monkey-patch for gevent, and patching must come first.
 
 
+def token_for(uid: str, ttl: int = 3600, secret: str | None = None) -> str:
+    """Sign a token that lets `uid` identify for `ttl` seconds (for the app's login view).
+
+    `secret` defaults to the first of config `token_secret`. See rm_flask/tokens.py.
+    """
+    from .tokens import token_for as sign  # PyJWT imports ssl: not before gevent patches
+
+    return sign(uid, ttl=ttl, secret=secret)
+
+
 def create_app(
     config: Config | None = None,
     *,
@@ -32,6 +42,7 @@ def create_app(
     from flask_socketio import SocketIO
 
     from . import admin, assets, demo, events, logs, stats, views
+    from .client_manager import ClientManager
     from .config import load_config
     from .service import Service
 
@@ -65,6 +76,7 @@ def create_app(
         # Clients only ever send identifiers and acks: a larger packet is hostile, and
         # Engine.IO closes that connection without reading it.
         max_http_buffer_size=MAX_PACKET,
+        client_manager=ClientManager(),
     )
     service = Service(config, socketio)
     app.extensions["redmessenger"] = service

@@ -1,4 +1,4 @@
-"""`python -m rm_flask [serve|publish|check] ...`: the `redmessenger` command (see cli.py).
+"""`python -m rm_flask [serve|publish|check|token] ...`: the `redmessenger` command (cli.py).
 
 With no command it serves: `python -m rm_flask --embedded-redis` is the development server.
 """

@@ -1,4 +1,4 @@
-"""The `redmessenger` command: `serve`, `publish`, `check`.
+"""The `redmessenger` command: `serve`, `publish`, `check`, `token`.
 
 `python -m rm_flask` is the same command, with `serve` assumed when no command is given
 (`python -m rm_flask --embedded-redis` keeps working). Every refusal is one line on stderr:
@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-COMMANDS = ("serve", "publish", "check")
+COMMANDS = ("serve", "publish", "check", "token")
 EXIT_CONFIG = 2  # a bad config value (SPEC §6) or a bad argument
 EXIT_UNAVAILABLE = 1  # Redis, a port or a file is not there
 
@@ -36,6 +36,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     publish.add_argument("data", metavar="DATA", help="the payload; - reads it from stdin")
 
     command("check", "validate the config, reach Redis, and report what is missing")
+
+    token = command("token", "print a signed identify token for UID, with the first of config token_secret "
+                             "(for shells and scripts; apps call rm_flask.token_for)")
+    token.add_argument("uid", metavar="UID", help="the user the token is for (its sub claim)")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid (default 3600)")
     return parser
 
 
@@ -54,6 +59,8 @@ def main(argv: list[str] | None = None, prog: str = "redmessenger") -> int:
         return serve(config, args.host, args.embedded_redis)
     if args.command == "publish":
         return publish(config, args.channel, args.data)
+    if args.command == "token":
+        return token(config, args.uid, args.ttl)
     return check(config)
 
 
@@ -71,6 +78,8 @@ def serve(config: Any, host: str, embedded_redis: bool) -> int:
 
     import logging
     import signal
+
+    import gevent
 
     from . import create_app
     from .embedded import RedisServer
@@ -108,7 +117,15 @@ def serve(config: Any, host: str, embedded_redis: bool) -> int:
             print(exc, file=sys.stderr)
             return EXIT_UNAVAILABLE
         server = _server(listener, app, config.log_level == "debug")
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+        def graceful() -> None:
+            # In a greenlet of its own (gevent's handler): a plain signal handler raises
+            # in whichever greenlet happens to run, which may be the listener mid-batch.
+            log.info("SIGTERM: unsubscribing, then stopping")
+            app.extensions["redmessenger"].stop()
+            server.stop(timeout=1)
+
+        gevent.signal_handler(signal.SIGTERM, graceful)
         log.info("RedMessenger serving on http://%s:%d (namespace %s)", host, config.ws_port, config.rm_route)
         server.serve_forever()
     except KeyboardInterrupt:
@@ -182,6 +199,25 @@ def publish(config: Any, channel: str, data: str) -> int:
 
 def _where(config: Any) -> str:
     return config.redis_url or f"{config.redis_host}:{config.redis_port}"
+
+
+### token ###
+
+
+def token(config: Any, uid: str, ttl: int) -> int:
+    """Print a token for `uid`, signed with the first of config `token_secret`."""
+    from .tokens import token_for
+
+    if not config.token_secret:
+        print("config: token_secret is not set (config.json or RM_TOKEN_SECRET)", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        signed = token_for(uid, ttl=ttl, secret=config.token_secret[0], algorithm=config.token_algorithms[0])
+    except ValueError as exc:
+        print(f"token: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(signed)
+    return 0
 
 
 ### check ###

@@ -332,8 +332,10 @@ class View:
 class Cluster:
     """The scripts that change presence and announce it, for one process."""
 
-    def __init__(self, client: redis.Redis, server_id: str) -> None:
+    def __init__(self, client: redis.Redis, server_id: str,
+                 admit_client: redis.Redis | None = None) -> None:
         self.redis = client
+        self.admit_client = admit_client or client  # where `on` runs
         self.server_id = server_id
         self._up = client.register_script(_UP)
         self._on = client.register_script(_ON)
@@ -358,6 +360,7 @@ class Cluster:
         return self._on(
             keys=[*self._head, names.SOCKETS_KEY, names.user_sockets_key(uid), names.DRAINING_KEY],
             args=[self.server_id, sid, uid, limit],
+            client=self.admit_client,
         )
 
     def off(self, sid: str, uid: str, giving_back: bool) -> int:

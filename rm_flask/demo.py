@@ -67,6 +67,8 @@ def index() -> Response:
         rm_route=config.rm_route,
         secure_mode=config.secure_mode,
         demo=config.demo,
+        # Token mode: the page gets its tokens from /demo/token, standing in for a login.
+        token_mode=config.demo and config.secure_mode and bool(config.token_secret),
         # Lets the page put the server's clock beside its own, to tell queued messages.
         server_time=int(time.time() * 1000),
         max_payload=MAX_PAYLOAD,
@@ -158,6 +160,33 @@ def publish() -> tuple[Response, int]:
     # PUBLISH answers how many subscribers saw it: 0 means no RedMessenger was listening
     # and the message is gone, which is worth showing rather than hiding.
     return jsonify(ok=True, channel=channel, receivers=receivers), 200
+
+
+# The longest-lived token the demo hands out; the default is short so that a tab left
+# open shows the client fetching fresh ones.
+MAX_DEMO_TTL = 3600
+DEMO_TTL = 300
+
+
+@bp.post("/demo/token")
+def token() -> tuple[Response, int]:
+    """Sign a token for any uid: the demo's stand-in for an app's login view.
+
+    Body: {"uid": uid, "ttl": seconds (optional, 1 to 3600, default 300)}. It signs for
+    anyone who asks, which is why it exists only while config `demo` is true.
+    """
+    from .tokens import token_for
+
+    config = _service().config
+    if not config.token_secret:
+        return jsonify(error="not_found", message="Tokens are off (config token_secret is not set)."), 404
+    body = _json_body()
+    uid = _check_id(body.get("uid"), "uid")
+    ttl = body.get("ttl", DEMO_TTL)
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_DEMO_TTL:
+        raise BadRequest("invalid_ttl", f"ttl must be a whole number of seconds from 1 to {MAX_DEMO_TTL}.")
+    signed = token_for(uid, ttl=ttl, secret=config.token_secret[0], algorithm=config.token_algorithms[0])
+    return jsonify(token=signed, expires_in=ttl), 200
 
 
 @bp.get("/demo/groups/<path:cid>/members")

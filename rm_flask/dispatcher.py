@@ -67,16 +67,9 @@ def retrying(what: str, call: Callable[[], Any], give_up_after: float | None = N
             if deadline is not None and time.monotonic() >= deadline:
                 raise
             if tried == 1:
-                if pool_busy(exc):
-                    log.warning("Every Redis connection is busy while %s; waiting", what)
-                else:
-                    log.warning("Redis unavailable while %s (%s); retrying", what, exc)
+                log.warning("Redis unavailable while %s (%s); retrying", what, exc)
             time.sleep(RETRY_DELAYS[min(tried, len(RETRY_DELAYS)) - 1])
 
-
-def pool_busy(exc: Exception) -> bool:
-    """Did the call wait in vain for one of our pool's connections (Redis may be fine)?"""
-    return isinstance(exc, redis.ConnectionError) and "No connection available" in str(exc)
 
 
 class Incoming:
@@ -1067,6 +1060,25 @@ class Dispatcher:
                 late = [p for p in user.pending.values() if p.sent_at < cutoff]
                 if late and not user.draining:
                     self._drop_unresponsive(user, late)
+
+    def keep_in_redis(self) -> None:
+        """Stopping, with the listener stopped: messages only this process's memory holds
+        (held behind a drain's end, or kept to give back) go to their queues, each in its
+        place in the sequence, for the next server to deliver. What was sent and not
+        acknowledged is in flight in Redis already, and is given back by whichever server
+        finds this one gone."""
+        for user in list(self.registry.users.values()):
+            with self.registry.user_lock(user.uid):
+                kept, user.leftover, user.held = user.leftover + user.held, [], []
+                if not kept:
+                    continue
+                writes = self.store.writes()
+                for msg in kept:
+                    writes.append(user.uid, msg.stored, untrack=True)
+                try:
+                    retrying(f"queueing what {user.uid} was owed", writes.execute, give_up_after=5)
+                except redis.RedisError as exc:
+                    log.error("%s: could not queue %d messages before stopping: %s", user.uid, len(kept), exc)
 
     ### A server that died ###
 

@@ -53,8 +53,15 @@ class Listener:
         self._connections = 0
         self._down_since: float | None = None  # when the subscription was lost, if it is
         self._handling = False  # routing what it read
+        self.finished = threading.Event()  # `run` has returned
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            self.finished.set()
+
+    def _run(self) -> None:
         backoff = BACKOFF_FIRST
         while not self.stopped.is_set():
             pubsub = self.client.pubsub()
@@ -161,6 +168,23 @@ class Listener:
             self.subscribed = False
             pubsub.connection.disconnect()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop for good, without losing what Redis already sent us.
+
+        Unsubscribing first: Redis counts us as a receiver until it handles that, and
+        everything it sent before its reply is read and routed; `listen` ends with the
+        reply. Only if that does not come in time is the connection cut.
+        """
         self.stopped.set()
-        self.kick()
+        pubsub = self._pubsub
+        if pubsub is not None and self.subscribed:
+            try:
+                pubsub.unsubscribe()
+                pubsub.punsubscribe()
+                if self.finished.wait(timeout):
+                    return
+            except Exception:
+                log.warning("Could not unsubscribe cleanly; closing the subscription")
+        if pubsub is not None and pubsub.connection is not None:
+            self.subscribed = False
+            pubsub.connection.disconnect()

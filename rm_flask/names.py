@@ -76,6 +76,12 @@ def user_key_key(uid: str) -> str:
     return f"{PREFIX}:users:{uid}:key"
 
 
+def identify_failures_key(kind: str, ident: str) -> str:
+    """Failed identifies in the current window for a uid (`kind` "uid") or a client
+    address ("address"), shared by every server; expires with the window."""
+    return f"{PREFIX}:limits:identify:{kind}:{ident}"
+
+
 def group_channel(cid: str) -> str:
     """The channel an app publishes to for every member of group `cid`."""
     return f"{GROUP_CHANNELS[0]}{cid}"

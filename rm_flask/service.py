@@ -18,7 +18,7 @@ from redis.retry import Retry
 from . import names
 from .cluster import Cluster
 from .config import Config
-from .dispatcher import Dispatcher, pool_busy, retrying
+from .dispatcher import ADMIT_AT_ONCE, Dispatcher, retrying
 from .events import SocketTransport
 from .listener import Listener
 from .metrics import Metrics
@@ -44,30 +44,16 @@ class Service:
         self.config = config
         self.socketio = socketio
         self.server_id = os.urandom(6).hex()
-        # Many greenlets share the pool; past its size they wait their turn instead of
-        # failing with "Too many connections".
-        pool = redis.BlockingConnectionPool.from_url(
-            config.redis_kwargs()["url"],
-            max_connections=REDIS_POOL_SIZE,
-            timeout=5,
-            client_name=names.client_name(self.server_id),
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            socket_keepalive=True,
-            health_check_interval=15,
-        )
-        self.redis = redis.Redis(connection_pool=pool)
-        # Heartbeats and pings on connections of their own: a pool emptied by a storm of
-        # identifies must not make this server look dead, nor Redis look down to it.
-        self.housekeeping_redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
-            config.redis_kwargs()["url"],
-            max_connections=2,
-            timeout=5,
-            client_name=names.client_name(self.server_id),
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            socket_keepalive=True,
-        ))
+        # Many greenlets share the pool; past its size they wait their turn (for as long
+        # as it takes: every command times out by itself, so a connection always comes
+        # back) instead of failing with "Too many connections" or "No connection
+        # available", which would look like Redis being down.
+        self.redis = self._client(REDIS_POOL_SIZE, health_check_interval=15)
+        # Identifies and housekeeping on connections of their own: a storm of sockets
+        # leaving must not hold up the ones that come back, and nothing may make this
+        # server's heartbeats late or Redis look down to it.
+        self.admit_redis = self._client(ADMIT_AT_ONCE)
+        self.housekeeping_redis = self._client(2)
         # The subscription waits for messages indefinitely, so it gets no read timeout;
         # the round trips through the control channel notice when it stops delivering.
         # No retries inside redis-py either: its retry reconnects and resubscribes on its
@@ -86,7 +72,7 @@ class Service:
         self.registry = Registry(config.conn_limit, config.user_conn_limit)
         self.store = Store(self.redis, self.server_id, config.queue_expiry, config.max_queue_length)
         self.transport = SocketTransport(socketio, config.rm_route, config.max_buffered)
-        self.cluster = Cluster(self.redis, self.server_id)
+        self.cluster = Cluster(self.redis, self.server_id, admit_client=self.admit_redis)
         self.housekeeping_cluster = Cluster(self.housekeeping_redis, self.server_id)
         self.dispatcher = Dispatcher(
             self.store, self.registry, self.transport, self.metrics,
@@ -113,6 +99,19 @@ class Service:
         self._started = False
         self._start_lock = threading.Lock()
         self._stopped = threading.Event()
+
+    def _client(self, connections: int, **options: Any) -> redis.Redis:
+        pool = redis.BlockingConnectionPool.from_url(
+            self.config.redis_kwargs()["url"],
+            max_connections=connections,
+            timeout=None,
+            client_name=names.client_name(self.server_id),
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            socket_keepalive=True,
+            **options,
+        )
+        return redis.Redis(connection_pool=pool)
 
     def check_redis(self) -> None:
         """Fail fast, with one clear line, when Redis is not there at start-up."""
@@ -157,9 +156,13 @@ class Service:
         log.info("RedMessenger %s listening to %s on Redis", self.server_id, names.PATTERN)
 
     def stop(self) -> None:
+        """Stop listening without losing what was read: the subscription ends first, then
+        what only memory holds goes to Redis. Sockets are left to close with the process."""
         self._stopped.set()
         self.dispatcher.wake_settler()
         self.listener.stop()
+        if self._started:
+            self.dispatcher.keep_in_redis()
 
     ### Liveness ###
 
@@ -224,8 +227,7 @@ class Service:
                     self.listener.kick()
                 self.reap_dead_servers()
             except redis.RedisError as exc:
-                if not pool_busy(exc):
-                    self.redis_ok = False
+                self.redis_ok = False
                 log.debug("housekeeping: Redis unavailable: %s", exc)
             except Exception:
                 log.exception("housekeeping failed")
@@ -245,11 +247,12 @@ class Service:
 
     def wait_accepting(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for `accepting()`: a server that is starting or
-        rejoining Redis holds identifies for moments rather than refusing them."""
+        rejoining Redis holds identifies for moments rather than refusing them. One
+        that cannot reach Redis at all says so at once."""
         deadline = time.monotonic() + timeout
         while not self.accepting():
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or not self.redis_ok:
                 return False
             if self._synced.is_set():
                 time.sleep(min(left, 0.1))  # synced, but Redis or the subscription is not back

@@ -78,7 +78,7 @@ def test_an_admin_token_is_never_printed_even_when_refused():
     result = run([*REDMESSENGER, "check"], {"RM_ADMIN_TOKEN": "tooshort"})
     assert result.returncode == 2
     assert our_lines(result) == [
-        "config: admin_token=<8 characters> is invalid: expected null or at least 16 printable ASCII "
+        "config: admin_token=<hidden> is invalid: expected null or at least 16 printable ASCII "
         "characters"]
     assert "tooshort" not in result.stdout + result.stderr
 
