@@ -24,3 +24,11 @@ worker_connections = _config.conn_limit + 100
 # Sockets are long-lived; the worker must not be recycled under them.
 timeout = 60
 graceful_timeout = 10
+
+
+def worker_exit(server, worker):  # noqa: ANN001 (gunicorn's hook signature)
+    """The worker is stopping: unsubscribe and route what was read before the process ends
+    (SIGTERM under `python -m rm_flask` does the same)."""
+    service = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("redmessenger")
+    if service is not None:
+        service.stop()
