@@ -6,6 +6,7 @@ number follows `conn_limit`, plus room for HTTP requests.
 """
 
 import sys
+from typing import Any
 
 from rm_flask.config import ConfigError, load_config
 
@@ -26,7 +27,7 @@ timeout = 60
 graceful_timeout = 10
 
 
-def worker_exit(server, worker):  # noqa: ANN001 (gunicorn's hook signature)
+def worker_exit(server: Any, worker: Any) -> None:
     """The worker is stopping: unsubscribe and route what was read before the process ends
     (SIGTERM under `python -m rm_flask` does the same)."""
     service = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("redmessenger")
