@@ -384,7 +384,16 @@ class Dispatcher:
                     log.warning("%s: queue is over max_queue_length, dropping its oldest message '%s'",
                                 uid, envelope.preview_stored(raw))
             for user, msg, acked_only, bubble in sends:
-                if not (user.live() and self._send(user, msg, acked_only, bubble)):
+                try:
+                    sent = user.live() and self._send(user, msg, acked_only, bubble)
+                except Exception:
+                    # Queued or recorded in flight already, so not lost; but a user who
+                    # stays online would wait for it for ever: give it back at once.
+                    log.exception("%s: could not send a message; giving it back", user.uid)
+                    user.leftover.append(msg)
+                    self.spawn(self._return_leftover, user.uid)
+                    continue
+                if not sent:
                     # Its last socket was cut off earlier in this batch: given back with
                     # what that socket held, behind it.
                     user.leftover.append(msg)
@@ -1008,8 +1017,15 @@ class Dispatcher:
             user.returning += 1
         given = orphans + leftover
         try:
-            if given:
-                self.recommit(uid, given)
+            self.recommit(uid, given)
+        except Exception:
+            # Redis refused the writes for good (out of memory, say): keep them to give
+            # back with the next give-back, and announce this one all the same, or the
+            # user's drains would wait for it for ever.
+            log.exception("%s: could not give back %d messages yet", uid, len(given))
+            with lock:
+                user.leftover[:0] = given
+            given = []
         finally:
             with lock:
                 user.returning -= 1
@@ -1020,6 +1036,16 @@ class Dispatcher:
         queued = bool(given) or bool(retrying("reading a queue", partial(self.store.queue_length, uid)))
         retrying(f"announcing the give-back of {uid}",
                  lambda: self.cluster.mark("returned", [uid], drain="start" if queued else "", ref=off))
+
+    def _return_leftover(self, uid: str) -> None:
+        """Messages that could not be sent to a user who may still be online: back to
+        the queue, which is drained again."""
+        with self.registry.user_lock(uid):
+            user = self.registry.user(uid)
+            given, user.leftover = (user.leftover, []) if user else ([], [])
+        self.recommit(uid, given)
+        retrying(f"announcing the give-back of {uid}",
+                 lambda: self.cluster.mark("returned", [uid], drain="start", ref=self.view.seq))
 
     def recommit(self, uid: str, messages: list[Message]) -> None:
         """Give undelivered messages back to the queue, in order: every give-back's path."""
