@@ -1,7 +1,16 @@
-"""Fixtures: a real redis-server for the session, and real RedMessenger server processes."""
+"""Fixtures: a real redis-server for the session, and real RedMessenger server processes.
+
+Isolation: the session's Redis is emptied (FLUSHALL) only while no RedMessenger process is
+connected to it, never under a running server: to a server, a FLUSHALL is Redis losing
+its data, and it would rejoin as a new era in the middle of the test. Tests that share a
+module's running server keep apart by using uids of their own (the `uid` fixture); tests
+that start their own servers (`make_server`) start them on an empty Redis. Rejoining is
+tested on purpose, in the modules that inject that fault.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +19,7 @@ from typing import Any
 import pytest
 import redis
 
+from rm_flask import names
 from tests.support.clients import RMClient
 from tests.support.processes import ServerProcess, start_redis
 
@@ -23,12 +33,51 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     server.stop()
 
 
+def servers_connected(client: redis.Redis) -> list[str]:
+    """The RedMessenger processes subscribed to this Redis, by the names of their pub/sub
+    connections (`rm-server-$id`, rm_flask/names.py): counted from Redis, not from our own
+    records. (An app made in-process with `start=False` names its connections too, but
+    never subscribes: it has no view to lose.)"""
+    prefix = names.client_name("")
+    return sorted({c["name"] for c in client.client_list()
+                   if c.get("name", "").startswith(prefix) and int(c.get("psub", 0)) + int(c.get("sub", 0))})
+
+
+def empty_if_idle(client: redis.Redis) -> bool:
+    """FLUSHALL, unless a server is subscribed (then the test relies on its own uids)."""
+    if servers_connected(client):
+        return False
+    client.flushall()
+    return True
+
+
+def era(client: redis.Redis) -> bytes | None:
+    return client.get(names.CLUSTER_ERA_KEY)
+
+
 @pytest.fixture
 def r(redis_server: Any) -> redis.Redis:
-    """A client of the session's redis-server, emptied before the test."""
+    """A client of the session's redis-server, emptied before the test if no server runs on it."""
     client = redis.Redis(port=redis_server.port)
-    client.flushall()
+    empty_if_idle(client)
     return client
+
+
+@contextlib.contextmanager
+def shared_server(redis_server: Any, logs_dir: Path, **config: Any) -> Iterator[ServerProcess]:
+    """A server that several tests share, started on an empty Redis; afterwards, check
+    that Redis kept its data under it all along (the era it started in is still there),
+    so that none of its tests ran a rejoin by accident."""
+    client = redis.Redis(port=redis_server.port)
+    assert empty_if_idle(client), f"a server already runs on the session's Redis: {servers_connected(client)}"
+    proc = ServerProcess(redis_server.port, logs_dir, **config).start()
+    started_in = era(client)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+    assert started_in is not None and era(client) == started_in, (
+        f"the era changed under a shared server ({started_in!r} -> {era(client)!r}): a test emptied Redis")
 
 
 @pytest.fixture(scope="session")
@@ -39,14 +88,15 @@ def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(redis_server: Any, logs_dir: Path) -> Iterator[ServerProcess]:
     """A server with the default configuration, shared by a test module."""
-    proc = ServerProcess(redis_server.port, logs_dir).start()
-    yield proc
-    proc.stop()
+    with shared_server(redis_server, logs_dir) as proc:
+        yield proc
 
 
 @pytest.fixture
 def make_server(redis_server: Any, logs_dir: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Start servers with their own configuration (`make_server(secure_mode=True)`)."""
+    """Start servers with their own configuration (`make_server(secure_mode=True)`), on a
+    Redis emptied before the test (unless a shared server runs on it)."""
+    empty_if_idle(redis.Redis(port=redis_server.port))
     started: list[ServerProcess] = []
 
     def make(**config: Any) -> ServerProcess:

@@ -65,14 +65,14 @@ def test_bubble_follows_the_oldest_open_socket(server, clients, r, uid):
 
 
 def test_group_message_reaches_online_and_offline_members(server, clients, r, uid):
-    online, offline = f"{uid}-on", f"{uid}-off"
-    r.sadd("rm:channels:cats:subscribers", online, offline)
+    online, offline, cats = f"{uid}-on", f"{uid}-off", f"{uid}-cats"
+    r.sadd(f"rm:channels:{cats}:subscribers", online, offline)
     tab = clients(server.url, online)
-    r.publish("rm.channels.cats", "Meow!")
-    r.publish("rm.groups.cats", "Purr")  # the seed's alias
+    r.publish(f"rm.channels.{cats}", "Meow!")
+    r.publish(f"rm.groups.{cats}", "Purr")  # the seed's alias
     tab.wait_for(2)
     assert tab.payloads() == ["Meow!", "Purr"]
-    assert [m["source"] for m in tab.messages] == ["rm.channels.cats", "rm.groups.cats"]
+    assert [m["source"] for m in tab.messages] == [f"rm.channels.{cats}", f"rm.groups.{cats}"]
     wait_until(lambda: r.llen(f"rm:users:{offline}:messages") == 2, 5, "the offline member's queue")
     later = clients(server.url, offline)
     later.wait_for(2)
