@@ -20,6 +20,7 @@ import websocket
 
 from tests.support.clients import RMClient
 from tests.support.processes import wait_until
+from tests.support.proxy import Proxy
 
 pytestmark = pytest.mark.slow
 
@@ -264,3 +265,45 @@ def test_half_open_connection_is_noticed_and_its_messages_given_back(make_server
     wait_until(lambda: r.llen("rm:users:ghost:messages") == 20, 10, "its 20 messages back in its queue")
     assert [json.loads(m)["payload"] for m in r.lrange("rm:users:ghost:messages", 0, -1)] == payloads
     print(f"half-open: closed after {waited:.1f}s, 20 sent, 20 back in the queue, 0 lost")
+
+
+def test_a_tab_whose_network_vanishes_is_noticed_by_its_pings_alone(make_server, r, uid):
+    """Through a proxy that stops forwarding (no FIN, no RST): the server cannot tell at
+    once, as it can for a closed socket; it closes the socket once its pings go
+    unanswered (ping_interval + ping_timeout), and gives back what was not acknowledged."""
+    server = make_server(ping_interval=1, ping_timeout=1, log_level="warning")
+    proxy = Proxy(server.port).start()
+    try:
+        control = RMClient(server.url).connect()
+        assert control.identify({"uid": f"{uid}-closed", "ack": True})["ok"]
+        tab = RMClient(proxy.url, auto_ack=False).connect()
+        assert tab.identify({"uid": uid, "ack": True}) == {"ok": True, "uid": uid}
+        payloads = [f"v{i}" for i in range(20)]
+        for p in payloads:
+            r.publish(f"rm.users.{uid}", p)
+        tab.wait_for(20)
+        connections = lambda: server.health()[1]["connections"]  # noqa: E731
+        assert connections() == 2
+
+        control.drop()  # a clean TCP close: seen at once
+        dropped = time.monotonic()
+        wait_until(lambda: connections() == 1, 5, "the closed socket to be noticed")
+        closed_noticed = time.monotonic() - dropped
+
+        tab.vanish(proxy)
+        vanished = time.monotonic()
+        time.sleep(0.3)
+        still_there = connections()  # nothing told the server
+        wait_until(lambda: connections() == 0, 10, "the vanished socket to be noticed")
+        vanish_noticed = time.monotonic() - vanished
+        key = f"rm:users:{uid}:messages"
+        wait_until(lambda: r.llen(key) == 20, 10, "its 20 unacknowledged messages back in its queue")
+        back = [json.loads(m)["payload"] for m in r.lrange(key, 0, -1)]
+    finally:
+        proxy.stop()
+    print(f"vanished without a FIN: noticed after {vanish_noticed:.2f}s (a closed socket after "
+          f"{closed_noticed:.2f}s); 20 held, {len(back)} back in the queue, in order: {back == payloads}")
+    assert still_there == 1, "the proxy let the server see the tab go"
+    assert closed_noticed < 1
+    assert 0.5 <= vanish_noticed < 2 * (1 + 1) + 1, "noticed by ping_interval + ping_timeout"
+    assert back == payloads

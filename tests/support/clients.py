@@ -119,6 +119,18 @@ class RMClient:
         self.close()
 
 
+    def local_port(self) -> int:
+        """The port of this tab's end of its WebSocket: what a `Proxy` knows it by."""
+        return self.sio.eio.ws.sock.getsockname()[1]
+
+    def vanish(self, proxy: Any) -> None:
+        """Vanish without a FIN, like a tab whose network went away: the `Proxy` it
+        connected through stops forwarding, so the server hears nothing, ever; then this
+        end is let go (its own close never gets past the proxy)."""
+        proxy.cut(self.local_port())
+        self.drop()
+
+
 def connected(url: str, identifier: Any = None, **kwargs: Any) -> RMClient:
     """A client that is connected and, if `identifier` is given, identified."""
     client = RMClient(url, **kwargs).connect()
