@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import pytest
 import redis
 
 from rm_flask import names
+from tests.support import summary as figures
 from tests.support.clients import RMClient
 from tests.support.processes import ServerProcess, start_redis
 
@@ -131,3 +134,32 @@ def clients() -> Iterator[Callable[..., RMClient]]:
 def uid(request: pytest.FixtureRequest) -> str:
     """A uid no other test uses."""
     return f"u{next(_uids)}-{request.node.name[:40].replace('[', '_').replace(']', '')}"
+
+
+### The figures the tests counted (tests/support/summary.py) ###
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controlling process starts the run's file
+        figures.start_run(figures.summary_path())
+
+
+@pytest.fixture
+def summary(request: pytest.FixtureRequest) -> Callable[..., dict[str, Any]]:
+    """`summary(sent=…, lost=…, …)`: one line of this test's figures for the run's summary."""
+    started = time.monotonic()
+
+    def record(**counted: Any) -> dict[str, Any]:
+        took = time.monotonic() - started
+        return figures.record(figures.summary_path(), request.node.nodeid, took, counted)
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    lines = figures.read_run(figures.summary_path())
+    if not lines:
+        return
+    terminalreporter.section(f"figures counted by the tests ({figures.summary_path()})")
+    for line in lines:
+        terminalreporter.write_line(json.dumps(line, default=str))

@@ -267,7 +267,7 @@ def test_half_open_connection_is_noticed_and_its_messages_given_back(make_server
     print(f"half-open: closed after {waited:.1f}s, 20 sent, 20 back in the queue, 0 lost")
 
 
-def test_a_tab_whose_network_vanishes_is_noticed_by_its_pings_alone(make_server, r, uid):
+def test_a_tab_whose_network_vanishes_is_noticed_by_its_pings_alone(make_server, r, uid, summary):
     """Through a proxy that stops forwarding (no FIN, no RST): the server cannot tell at
     once, as it can for a closed socket; it closes the socket once its pings go
     unanswered (ping_interval + ping_timeout), and gives back what was not acknowledged."""
@@ -303,6 +303,9 @@ def test_a_tab_whose_network_vanishes_is_noticed_by_its_pings_alone(make_server,
         proxy.stop()
     print(f"vanished without a FIN: noticed after {vanish_noticed:.2f}s (a closed socket after "
           f"{closed_noticed:.2f}s); 20 held, {len(back)} back in the queue, in order: {back == payloads}")
+    summary(sent=20, held_unacknowledged=20, queued=len(back), lost=len(set(payloads) - set(back)),
+            duplicated=len(back) - len(set(back)), out_of_order=int(back != payloads[:len(back)]),
+            noticed_after_s=round(vanish_noticed, 2), closed_socket_noticed_after_s=round(closed_noticed, 2))
     assert still_there == 1, "the proxy let the server see the tab go"
     assert closed_noticed < 1
     assert 0.5 <= vanish_noticed < 2 * (1 + 1) + 1, "noticed by ping_interval + ping_timeout"
