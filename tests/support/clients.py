@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import engineio
@@ -56,6 +57,9 @@ class RMClient:
         self.ack_limit = ack_limit
         self.acked = 0
         self.messages: list[dict[str, Any]] = []
+        self.arrivals: list[float] = []  # when each of `messages` arrived (time.monotonic())
+        self.acked_ids: dict[str, float] = {}  # envelope id -> when its ack was handed to the socket
+        self.on_arrival: Any = None  # called with each envelope as it arrives, before its ack
         self.errors: list[dict[str, Any]] = []
         self.disconnected = threading.Event()
         self._lock = threading.Lock()
@@ -67,14 +71,21 @@ class RMClient:
         self.sio.on("disconnect", lambda *a: self.disconnected.set(), namespace=namespace)
 
     def _on_message(self, envelope: dict[str, Any]) -> None:
+        if self.on_arrival is not None:
+            self.on_arrival(envelope)
         with self._lock:
             self.messages.append(envelope)
+            self.arrivals.append(time.monotonic())
 
     def _hold_ack(self, pkt: Any) -> bool:
         with self._lock:
             if not self.auto_ack or (self.ack_limit is not None and self.acked >= self.ack_limit):
                 return True
             self.acked += 1
+            # Events and their acks are handled in order, one at a time (_OrderedEngineIO):
+            # the ack going out now is the last message's.
+            if self.messages:
+                self.acked_ids[self.messages[-1].get("id")] = time.monotonic()
             return False
 
     def _on_error(self, data: dict[str, Any]) -> None:
