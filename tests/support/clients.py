@@ -60,7 +60,7 @@ class RMClient:
         self.ack_limit = ack_limit
         self.acked = 0
         self.messages: list[dict[str, Any]] = []
-        self.arrivals: list[float] = []  # when each of `messages` arrived (time.monotonic())
+        self.arrived_at: list[float] = []  # when each of `messages` arrived (time.monotonic())
         self.acked_ids: dict[str, float] = {}  # envelope id -> when its ack was queued, before closing
         self.on_arrival: Any = None  # called with each envelope as it arrives, before its ack
         self.ended: str | None = None  # how the test ended it: "closed", "dropped", "vanished"
@@ -81,7 +81,7 @@ class RMClient:
             self.on_arrival(envelope)
         with self._lock:
             self.messages.append(envelope)
-            self.arrivals.append(time.monotonic())
+            self.arrived_at.append(time.monotonic())
 
     def _hold_ack(self, pkt: Any) -> bool:
         with self._lock:
@@ -116,7 +116,7 @@ class RMClient:
     def received(self) -> list[tuple[float, dict[str, Any]]]:
         """(when it arrived, envelope) for every message, in arrival order."""
         with self._lock:
-            return list(zip(self.arrivals, self.messages, strict=True))
+            return list(zip(self.arrived_at, self.messages, strict=True))
 
     def payloads(self) -> list[str]:
         with self._lock:
