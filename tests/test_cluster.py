@@ -224,7 +224,8 @@ LATE_CLAIMED = 4
     pytest.param(False, id="closed"),
     pytest.param(True, id="closed-and-vanished", marks=pytest.mark.xfail(
         reason="issue #10 item 6: a user's vanished tab, not yet noticed, on one process and its new tab on "
-               "another: 0-52 lost (5 runs of 6), up to 13 left in flight, queues holding a message twice, 284-618 late",
+               "another: 0-52 lost (5 runs of 6), up to 13 left in flight, queues holding a message twice, "
+               "284-618 late",
         strict=False)),
 ])
 def test_300_ack_clients_churning_over_3_servers_during_20000_messages(make_server, patient_tabs, r, uid,
