@@ -103,12 +103,13 @@ def server_id(server) -> str:
     return server.health()[1]["server"]
 
 
-def stall_after_10_of_1000(server, clients, r, uid):
-    """Queue 1,000, then identify a tab that acknowledges only the first 10."""
+def stall_after_10_of_1000(server, clients, r, uid, url=None):
+    """Queue 1,000, then identify a tab (at `url`: the server's own by default) that
+    acknowledges only the first 10."""
     expected = [f"m{i:04d}" for i in range(1000)]
     publish_all(r, f"rm.users.{uid}", expected)
     wait_until(lambda: r.llen(f"rm:users:{uid}:messages") == 1000, 10, "1000 queued")
-    stalling = clients(server.url, {"uid": uid, "ack": True}, ack_limit=10)
+    stalling = clients(url or server.url, {"uid": uid, "ack": True}, ack_limit=10)
     stalling.wait_for(11)  # it has more than it acknowledged: the drain is mid-batch
     return expected, stalling
 
