@@ -25,6 +25,7 @@ from rm_flask import names
 from tests.support import summary as figures
 from tests.support.clients import RMClient
 from tests.support.processes import ServerProcess, start_redis
+from tests.support.proxy import Proxy
 
 _uids = itertools.count(1)
 
@@ -110,6 +111,22 @@ def make_server(redis_server: Any, logs_dir: Path) -> Iterator[Callable[..., Ser
     yield make
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def proxy_to() -> Iterator[Callable[[ServerProcess], Proxy]]:
+    """`proxy_to(server)`: a started `Proxy` in front of it (tests/support/proxy.py), through
+    which a tab can vanish; every one is stopped after the test, whatever happened."""
+    made: list[Proxy] = []
+
+    def make(server: ServerProcess) -> Proxy:
+        proxy = Proxy(server.port)
+        made.append(proxy)
+        return proxy.start()
+
+    yield make
+    for proxy in made:
+        proxy.stop()
 
 
 @pytest.fixture

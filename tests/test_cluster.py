@@ -228,8 +228,8 @@ LATE_CLAIMED = 4
                "284-618 late",
         strict=False)),
 ])
-def test_300_ack_clients_churning_over_3_servers_during_20000_messages(make_server, patient_tabs, r, uid,
-                                                                       summary, vanishing):
+def test_300_ack_clients_churning_over_3_servers_during_20000_messages(make_server, patient_tabs, proxy_to, r,
+                                                                       uid, summary, vanishing):
     """Like the single-server churn test of test_faults, over three servers and with
     group messages: every message owed is received, or queued once; none lost; no queue
     ever holds a message twice; late only as the README allows.
@@ -238,7 +238,7 @@ def test_300_ack_clients_churning_over_3_servers_during_20000_messages(make_serv
     a third of the tabs come through a proxy in front of their server, and those drop by
     vanishing instead: the proxy stops forwarding; noticed by pings alone."""
     servers = start_servers(make_server, 3, log_level="warning", ping_interval=2, ping_timeout=3)
-    proxies = {s.url: Proxy(s.port).start() for s in servers}
+    proxies = {s.url: proxy_to(s) for s in servers}
     rng = random.Random(7)
     uids = [f"{uid}-{i}" for i in range(300)]
     groups = {f"{uid}-g{j}": rng.sample(uids, rng.randint(3, 6)) for j in range(30)}
@@ -327,8 +327,6 @@ def test_300_ack_clients_churning_over_3_servers_during_20000_messages(make_serv
     finally:
         stop.set()
         publisher.join()
-        for proxy in proxies.values():
-            proxy.stop()
     queues = sampler.figures()
     summary(**{k: v for k, v in counts.items() if k != "examples"}, owed=owed, publishes=stream.publishes,
             drops=dict(drops), offline_before_comeback=offline, queued_before_comeback=queued_at_end,

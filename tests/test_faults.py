@@ -21,7 +21,6 @@ from rm_flask import names
 from tests.support.accounting import Stream, account_tabs, queued_envelopes
 from tests.support.clients import RMClient
 from tests.support.processes import ServerProcess, start_redis, wait_until
-from tests.support.proxy import Proxy
 
 pytestmark = pytest.mark.slow
 
@@ -138,7 +137,7 @@ def test_redis_outage_with_200_ack_clients(own_redis, own_server, summary):
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("vanishing", [False, True], ids=["closed", "closed-and-vanished"])
-def test_200_ack_clients_churning_during_20000_messages(make_server, r, summary, vanishing):
+def test_200_ack_clients_churning_during_20000_messages(make_server, proxy_to, r, summary, vanishing):
     """README: 200 ack-mode clients connecting and dropping at random during 20,000
     messages: all received, 0 lost, 0 out of order; the duplicates are messages a tab had
     received but not acknowledged, delivered again with the same id.
@@ -148,7 +147,7 @@ def test_200_ack_clients_churning_during_20000_messages(make_server, r, summary,
     instead: the proxy stops forwarding, so the server notices by pings alone, within
     ping_interval + ping_timeout."""
     server = make_server(log_level="warning", ping_interval=2, ping_timeout=3)
-    proxy = Proxy(server.port).start()
+    proxy = proxy_to(server)
     uids = [f"c{i}" for i in range(200)]
     tabs_by_uid: dict[str, list[RMClient]] = {u: [] for u in uids}
     live: dict[str, RMClient] = {}

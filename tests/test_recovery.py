@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 
 from tests.support.processes import wait_until
-from tests.support.proxy import Proxy
 from tests.test_drain import comes_back_for_the_990, stall_after_10_of_1000
 
 
@@ -25,19 +24,16 @@ def test_kill_9_mid_drain_then_restart_loses_nothing(make_server, clients, r, ui
     summary(**comes_back_for_the_990(server, clients, r, uid, expected, stalling, "kill -9 mid-drain"))
 
 
-def test_ack_client_vanishing_mid_drain_loses_nothing(make_server, clients, r, uid, summary):
+def test_ack_client_vanishing_mid_drain_loses_nothing(make_server, clients, proxy_to, r, uid, summary):
     """The tab stalls after 10 of 1,000 and its network vanishes (no FIN): once its pings
     go unanswered, the 990 it had not acknowledged are back at the head, in order."""
     server = make_server(ping_interval=1, ping_timeout=1, log_level="warning")
-    proxy = Proxy(server.port).start()
-    try:
-        expected, stalling = stall_after_10_of_1000(server, clients, r, uid, url=proxy.url)
-        stalling.vanish(proxy)
-        vanished = time.monotonic()
-        wait_until(lambda: r.llen(f"rm:users:{uid}:messages") == 990, 15, "990 recommitted")
-        noticed = time.monotonic() - vanished
-        summary(**comes_back_for_the_990(server, clients, r, uid, expected, stalling, "vanished mid-drain"),
-                given_back_after_s=round(noticed, 2))
-    finally:
-        proxy.stop()
+    proxy = proxy_to(server)
+    expected, stalling = stall_after_10_of_1000(server, clients, r, uid, url=proxy.url)
+    stalling.vanish(proxy)
+    vanished = time.monotonic()
+    wait_until(lambda: r.llen(f"rm:users:{uid}:messages") == 990, 15, "990 recommitted")
+    noticed = time.monotonic() - vanished
+    summary(**comes_back_for_the_990(server, clients, r, uid, expected, stalling, "vanished mid-drain"),
+            given_back_after_s=round(noticed, 2))
 

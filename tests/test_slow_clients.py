@@ -20,7 +20,6 @@ import websocket
 
 from tests.support.clients import RMClient
 from tests.support.processes import wait_until
-from tests.support.proxy import Proxy
 
 pytestmark = pytest.mark.slow
 
@@ -268,12 +267,12 @@ def test_half_open_connection_is_noticed_and_its_messages_given_back(make_server
     print(f"half-open: closed after {waited:.1f}s, 20 sent, 20 back in the queue, 0 lost")
 
 
-def test_a_tab_whose_network_vanishes_is_noticed_by_its_pings_alone(make_server, r, uid, summary):
+def test_a_tab_whose_network_vanishes_is_noticed_by_its_pings_alone(make_server, proxy_to, r, uid, summary):
     """Through a proxy that stops forwarding (no FIN, no RST): the server cannot tell at
     once, as it can for a closed socket; it closes the socket once its pings go
     unanswered (ping_interval + ping_timeout), and gives back what was not acknowledged."""
     server = make_server(ping_interval=1, ping_timeout=1, log_level="warning")
-    proxy = Proxy(server.port).start()
+    proxy = proxy_to(server)
     try:
         control = RMClient(server.url).connect()
         assert control.identify({"uid": f"{uid}-closed", "ack": True})["ok"]
