@@ -1,14 +1,14 @@
 # The two commands of the README:
 #   make run    install, then serve the demo on http://127.0.0.1:8080 with an embedded Redis
 #   make test   install everything the tests need, then run the whole suite
-# Also: make bench (benchmark), make lint, make clean.
+# Also: make dist (the wheel), make bench (benchmark), make lint, make clean.
 
 VENV    ?= .venv
 PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 PIP     := $(VENV)/bin/pip
 
-.PHONY: run test lint bench deps dev-deps chromium clean
+.PHONY: run test lint bench dist deps dev-deps chromium clean
 
 run: deps
 	$(PY) -m rm_flask --embedded-redis
@@ -21,6 +21,10 @@ lint: dev-deps
 
 bench: dev-deps
 	$(PY) -m bench.run
+
+# dist/: the wheel and the source archive (setup.py puts the checked npm files inside).
+dist: dev-deps
+	$(PY) -m build
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,4 +53,4 @@ chromium:
 	  else echo "note: no chromium and no root: the browser tests will be skipped"; fi; }
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache
+	rm -rf $(VENV) node_modules .pytest_cache build dist *.egg-info

@@ -5,6 +5,6 @@
 gunicorn's gevent worker has monkey-patched the process before it imports this module.
 """
 
-from rm_flask import create_app
+from rm_flask.wsgi import make_app
 
-app = create_app(async_mode="gevent")
+app = make_app()

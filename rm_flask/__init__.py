@@ -16,6 +16,16 @@ MAX_PACKET = 64 * 1024
 # before its __main__ can monkey-patch for gevent, and patching must come first.
 
 
+def token_for(uid: str, ttl: int = 3600, secret: str | None = None) -> str:
+    """Sign a token that lets `uid` identify for `ttl` seconds (for the app's login view).
+
+    `secret` defaults to the first of config `token_secret`. See rm_flask/tokens.py.
+    """
+    from .tokens import token_for as sign  # PyJWT imports ssl: not before gevent patches
+
+    return sign(uid, ttl=ttl, secret=secret)
+
+
 def create_app(
     config: Config | None = None,
     *,
@@ -31,7 +41,8 @@ def create_app(
     from flask import Flask
     from flask_socketio import SocketIO
 
-    from . import demo, events, logs, views
+    from . import admin, assets, demo, events, logs, stats, views
+    from .client_manager import ClientManager
     from .config import load_config
     from .service import Service
 
@@ -41,10 +52,18 @@ def create_app(
         import dataclasses
 
         config = dataclasses.replace(config, **overrides)
-    logs.setup(config.log_level)
+    logs.setup(config.log_level, config.log_format)
+    missing = assets.missing()
+    if missing:
+        import logging
 
-    root = __path__[0] + "/.."
-    app = Flask(__name__, template_folder=f"{root}/templates", static_folder=f"{root}/static")
+        logging.getLogger("rm_flask").warning(
+            "Missing browser files: %s (needed by %s): %s; until then those pages say so.",
+            ", ".join(missing), ", ".join(sorted(set(missing.values()))), assets.how_to_install(),
+        )
+
+    app = Flask(__name__, template_folder=str(assets.templates_dir()),
+                static_folder=str(assets.static_dir()))
     socketio = SocketIO(
         app,
         async_mode=async_mode,
@@ -57,6 +76,7 @@ def create_app(
         # Clients only ever send identifiers and acks: a larger packet is hostile, and
         # Engine.IO closes that connection without reading it.
         max_http_buffer_size=MAX_PACKET,
+        client_manager=ClientManager(),
     )
     service = Service(config, socketio)
     app.extensions["redmessenger"] = service
@@ -64,6 +84,8 @@ def create_app(
     events.init_app(socketio, service)
     app.register_blueprint(views.bp)
     app.register_blueprint(demo.bp)
+    stats.init_app(app, service)
+    admin.init_app(app)
     if start:
         service.start()
     return app

@@ -43,10 +43,13 @@ end
 
 # A process joins (or rejoins after losing its subscription) and reads the state as of its
 # `up` event, which it then follows. Our own identified sockets are put back if Redis lost
-# them (a restart without persistence).
+# them (a restart without persistence). The first number it takes is no event's: the
+# messages the process reads before its `up` event, if it is alone, carry it in their
+# ids, which no other process gives out and which sort before everything after `up`.
 # KEYS: seq, channel, servers, sockets, draining, era, user-sockets prefix. ARGV: server,
 # era candidate, then sid, uid pairs.
 _UP = _HEAD + """
+local early = redis.call('INCR', KEYS[1])
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('SET', KEYS[6], ARGV[2], 'NX')
 for i = 3, #ARGV, 2 do
@@ -58,7 +61,7 @@ for i = 3, #ARGV, 2 do
   end
 end
 local g = event({t = 'up', s = ARGV[1]})
-return {g, redis.call('GET', KEYS[6]), redis.call('SMEMBERS', KEYS[3]),
+return {early, g, redis.call('GET', KEYS[6]), redis.call('SMEMBERS', KEYS[3]),
         redis.call('HGETALL', KEYS[4]), redis.call('HGETALL', KEYS[5])}
 """
 
@@ -329,8 +332,10 @@ class View:
 class Cluster:
     """The scripts that change presence and announce it, for one process."""
 
-    def __init__(self, client: redis.Redis, server_id: str) -> None:
+    def __init__(self, client: redis.Redis, server_id: str,
+                 admit_client: redis.Redis | None = None) -> None:
         self.redis = client
+        self.admit_client = admit_client or client  # where `on` runs
         self.server_id = server_id
         self._up = client.register_script(_UP)
         self._on = client.register_script(_ON)
@@ -340,7 +345,8 @@ class Cluster:
         self._head = [names.CLUSTER_SEQ_KEY, names.CLUSTER_CHANNEL]
 
     def up(self, own: Iterable[tuple[str, str]]) -> list[Any]:
-        """Join: returns [event number, era, servers, sockets, draining] as of our event."""
+        """Join: returns [the number for early messages, event number, era, servers,
+        sockets, draining] as of our event."""
         args: list[str] = [self.server_id, os.urandom(2).hex()]
         for sid, uid in own:
             args += (sid, uid)
@@ -354,6 +360,7 @@ class Cluster:
         return self._on(
             keys=[*self._head, names.SOCKETS_KEY, names.user_sockets_key(uid), names.DRAINING_KEY],
             args=[self.server_id, sid, uid, limit],
+            client=self.admit_client,
         )
 
     def off(self, sid: str, uid: str, giving_back: bool) -> int:

@@ -14,8 +14,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
+# The admin page's password: long enough that guessing it over HTTP is hopeless.
+MIN_ADMIN_TOKEN = 16
+# HMAC only: the secret both signs and verifies. "none" is never accepted.
+# RFC 7518 §3.2: an HMAC key at least as long as the hash it is used with.
+TOKEN_ALGORITHMS = {"HS256": 32, "HS384": 48, "HS512": 64}
+MIN_SECRET = 32
 
 
 class ConfigError(ValueError):
@@ -57,6 +65,15 @@ class Config:
     # back.
     ping_interval: float = 25
     ping_timeout: float = 20
+    # Signed identify tokens (JWT, SPEC §6): the first secret signs, every one verifies,
+    # so that a new one can be rolled out before the old one is dropped.
+    token_secret: tuple[str, ...] | None = None
+    token_algorithms: tuple[str, ...] = ("HS256",)
+    token_leeway: float = 5
+    # The operators' page (/admin): off while null; HTTP Basic, user `admin`, this password.
+    admin_token: str | None = None
+    # `json`: one JSON object per log line, for log pipelines.
+    log_format: str = "text"
 
     def redis_kwargs(self) -> dict[str, Any]:
         """Arguments for `redis.Redis.from_url`."""
@@ -71,7 +88,7 @@ _RULES: dict[str, tuple[type, Any, str]] = {
     "redis_port": (int, lambda v: 1 <= v <= 65535, "an integer from 1 to 65535"),
     "redis_url": (
         str,
-        lambda v: v is None or v.startswith(("redis://", "rediss://", "unix://")),
+        lambda v: v is None or (v.startswith(("redis://", "rediss://", "unix://")) and _has_valid_port(v)),
         "null or a redis://, rediss:// or unix:// URL",
     ),
     "ws_port": (int, lambda v: 0 <= v <= 65535, "an integer from 0 to 65535"),
@@ -98,14 +115,52 @@ _RULES: dict[str, tuple[type, Any, str]] = {
     "identify_failures_per_address": (int, lambda v: v >= 1, "an integer >= 1"),
     "ping_interval": (float, lambda v: v >= 0.1, "a number of seconds >= 0.1"),
     "ping_timeout": (float, lambda v: v >= 0.1, "a number of seconds >= 0.1"),
+    "token_secret": (list, lambda v: bool(v) and all(_size(s) >= MIN_SECRET for s in _listed(v)),
+                     f"null, or a secret (or a list of them) of at least {MIN_SECRET} bytes"),
+    "token_algorithms": (list, lambda v: bool(v) and all(a in TOKEN_ALGORITHMS for a in _listed(v)),
+                         "one or a list of " + ", ".join(TOKEN_ALGORITHMS)),
+    "token_leeway": (float, lambda v: 0 <= v <= 300, "a number of seconds from 0 to 300"),
+    "admin_token": (
+        str,
+        lambda v: v is None or (len(v) >= MIN_ADMIN_TOKEN and v.isprintable() and v.isascii()),
+        f"null or at least {MIN_ADMIN_TOKEN} printable ASCII characters",
+    ),
+    "log_format": (str, lambda v: v in LOG_FORMATS, "one of " + ", ".join(LOG_FORMATS)),
 }
 
-_NULLABLE = {"redis_url"}
+_NULLABLE = {"redis_url", "token_secret", "admin_token"}
+# Shown as <hidden> in errors: a config error must not print a secret.
+_SECRETS = {"token_secret", "admin_token"}
+# Read as a string or a list, kept as a tuple.
+_TUPLES = {"token_secret", "token_algorithms"}
+
+
+def _listed(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else value
+
+
+def _size(secret: str) -> int:
+    """A secret's length in UTF-8 bytes; 0 if it cannot be encoded (a lone surrogate)."""
+    try:
+        return len(secret.encode("utf-8"))
+    except UnicodeEncodeError:
+        return 0
+
+
+def _has_valid_port(url: str) -> bool:
+    # redis-py would only fail on `redis://host:notaport` when it first connects, with a
+    # traceback; here it is one line at start-up like every other bad value.
+    try:
+        urlsplit(url).port  # noqa: B018 (reading the port is what parses it)
+    except ValueError:
+        return False
+    return True
 
 
 def _convert(key: str, value: Any, from_env: bool) -> Any:
     kind, check, expected = _RULES[key]
-    bad = ConfigError(f"config: {key}={value!r} is invalid: expected {expected}")
+    shown = "<hidden>" if key in _SECRETS and value is not None else repr(value)
+    bad = ConfigError(f"config: {key}={shown} is invalid: expected {expected}")
     if value is None or (from_env and key in _NULLABLE and value in ("", "null")):
         if key in _NULLABLE:
             return None
@@ -141,6 +196,8 @@ def _convert(key: str, value: Any, from_env: bool) -> Any:
         raise bad
     if check is not None and not check(value):
         raise bad
+    if key in _TUPLES:
+        return tuple(_listed(value))
     return value
 
 
@@ -183,4 +240,17 @@ def load_config(
         if key not in _RULES:
             raise ConfigError(f"config: unknown key {key!r}")
         values[key] = _convert(key, value, from_env=False)
-    return dataclasses.replace(Config(), **values)
+    config = dataclasses.replace(Config(), **values)
+    _check_token_secret(config)
+    return config
+
+
+def _check_token_secret(config: Config) -> None:
+    """Every secret must be long enough for the longest hash it may be used with."""
+    if not config.token_secret:
+        return
+    algorithm = max(config.token_algorithms, key=TOKEN_ALGORITHMS.__getitem__)
+    need = TOKEN_ALGORITHMS[algorithm]
+    if any(_size(secret) < need for secret in config.token_secret):
+        raise ConfigError(f"config: token_secret=<hidden> is invalid: expected secrets of at least "
+                          f"{need} bytes for {algorithm}")

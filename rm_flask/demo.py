@@ -8,7 +8,6 @@ config `demo` is true; otherwise they answer 404.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -23,19 +22,13 @@ from flask import (
     send_from_directory,
 )
 
-from . import names
+from . import assets, names
 
 bp = Blueprint("demo", __name__)
 
 # The largest payload the demo publishes, in UTF-8 bytes. Apps may publish more; the demo
 # has no reason to.
 MAX_PAYLOAD = 64 * 1024
-
-# socket.io-client comes from npm (package.json); we serve it from where `npm ci` put it.
-VENDOR_FILES = {
-    "socket.io.min.js": "application/javascript",
-    "socket.io.min.js.map": "application/json",
-}
 
 # The page loads only its own files and talks only to its own origin (ws: included).
 CSP = (
@@ -62,10 +55,6 @@ def _service() -> Any:
     return current_app.extensions["redmessenger"]
 
 
-def _vendor_dir() -> Path:
-    return Path(current_app.root_path).parent / "node_modules" / "socket.io-client" / "dist"
-
-
 ### The page ###
 
 
@@ -78,9 +67,14 @@ def index() -> Response:
         rm_route=config.rm_route,
         secure_mode=config.secure_mode,
         demo=config.demo,
+        # Token mode: the page gets its tokens from /demo/token, standing in for a login.
+        token_mode=config.demo and config.secure_mode and bool(config.token_secret),
         # Lets the page put the server's clock beside its own, to tell queued messages.
         server_time=int(time.time() * 1000),
         max_payload=MAX_PAYLOAD,
+        # Without socket.io-client the page cannot connect: it says so instead.
+        missing_client="socket.io.min.js" in assets.missing(),
+        how_to_install=assets.how_to_install(),
     )
     response = Response(html, mimetype="text/html")
     response.headers["Content-Security-Policy"] = CSP
@@ -90,16 +84,17 @@ def index() -> Response:
 
 @bp.get("/vendor/<name>")
 def vendor(name: str) -> Response:
-    """Serve socket.io-client from node_modules (installed by `npm ci`, never committed)."""
-    if name not in VENDOR_FILES:
+    """Serve a browser library from npm: from the package (a wheel), else node_modules."""
+    if name not in assets.VENDOR_FILES:
         abort(404)
-    folder = _vendor_dir()
-    if not (folder / name).is_file():
+    path = assets.vendor_path(name)
+    media_type = assets.VENDOR_FILES[name][2]
+    if not path.is_file():
         return Response(
-            f"// {name} is not installed: run `npm ci` in the project folder.\n",
-            status=404, mimetype="application/javascript",
+            f"/* {name} is not installed: {assets.how_to_install()}. */\n",
+            status=404, mimetype=media_type,
         )
-    return send_from_directory(folder, name, mimetype=VENDOR_FILES[name], max_age=3600)
+    return send_from_directory(path.parent, path.name, mimetype=media_type, max_age=3600)
 
 
 ### Demo-only endpoints ###
@@ -165,6 +160,33 @@ def publish() -> tuple[Response, int]:
     # PUBLISH answers how many subscribers saw it: 0 means no RedMessenger was listening
     # and the message is gone, which is worth showing rather than hiding.
     return jsonify(ok=True, channel=channel, receivers=receivers), 200
+
+
+# The longest-lived token the demo hands out; the default is short so that a tab left
+# open shows the client fetching fresh ones.
+MAX_DEMO_TTL = 3600
+DEMO_TTL = 300
+
+
+@bp.post("/demo/token")
+def token() -> tuple[Response, int]:
+    """Sign a token for any uid: the demo's stand-in for an app's login view.
+
+    Body: {"uid": uid, "ttl": seconds (optional, 1 to 3600, default 300)}. It signs for
+    anyone who asks, which is why it exists only while config `demo` is true.
+    """
+    from .tokens import token_for
+
+    config = _service().config
+    if not config.token_secret:
+        return jsonify(error="not_found", message="Tokens are off (config token_secret is not set)."), 404
+    body = _json_body()
+    uid = _check_id(body.get("uid"), "uid")
+    ttl = body.get("ttl", DEMO_TTL)
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_DEMO_TTL:
+        raise BadRequest("invalid_ttl", f"ttl must be a whole number of seconds from 1 to {MAX_DEMO_TTL}.")
+    signed = token_for(uid, ttl=ttl, secret=config.token_secret[0], algorithm=config.token_algorithms[0])
+    return jsonify(token=signed, expires_in=ttl), 200
 
 
 @bp.get("/demo/groups/<path:cid>/members")

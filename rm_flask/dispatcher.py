@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
@@ -35,6 +36,9 @@ RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 LOG_RECOMMITS = 10  # recommits logged one by one per give-back; the rest as a count
 SETTLE_EVERY = 0.005  # seconds acks are gathered before one round trip clears them
 KEEP_RECENT = 30.0  # seconds of messages kept to redo the work of a server that dies
+DRAIN_RETRY = 1.0  # seconds before a drain that failed is started again
+ADMIT_AT_ONCE = 8  # identifies announced to Redis at the same time, at most
+ADMIT_WITHIN = 5.0  # seconds an identify may wait for Redis before it is refused
 
 
 class Transport(Protocol):
@@ -46,21 +50,26 @@ class Transport(Protocol):
     def disconnect(self, conn: Conn) -> None: ...
 
 
-def retrying(what: str, call: Callable[[], Any]) -> Any:
-    """Run a Redis call until it succeeds, backing off.
+def retrying(what: str, call: Callable[[], Any], give_up_after: float | None = None) -> Any:
+    """Run a Redis call until it succeeds, backing off; past `give_up_after` seconds (if
+    given), raise its error.
 
     Used where giving up would lose a message: the data is only in this process's memory
     until the call lands.
     """
     tried = 0
+    deadline = None if give_up_after is None else time.monotonic() + give_up_after
     while True:
         try:
             return call()
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
             tried += 1
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
             if tried == 1:
                 log.warning("Redis unavailable while %s (%s); retrying", what, exc)
             time.sleep(RETRY_DELAYS[min(tried, len(RETRY_DELAYS)) - 1])
+
 
 
 class Incoming:
@@ -87,6 +96,18 @@ class Incoming:
             msg_id = message_id(self.era, self.seq, self.count)
             self._message = Message(envelope.make(self.channel, self.data, self.received_ms, msg_id))
         return self._message
+
+
+@dataclass(frozen=True)
+class Joining:
+    """What our `up` script returned: the cluster as of its event."""
+
+    early: int  # the number set aside for messages read before the event
+    seq: int  # the `up` event's number
+    era: str
+    servers: list[str]
+    sockets: list[bytes]
+    draining: list[bytes]
 
 
 class Dispatcher:
@@ -117,8 +138,12 @@ class Dispatcher:
         self._settle_lock = threading.Lock()
         self._settle_wakeup = threading.Event()
         # What our `up` returned, until its event comes through the subscription.
-        self._joining: list[Any] | None = None
-        self._early = 0  # messages read before our `up` event, when no other server is up
+        self._joining: Joining | None = None
+        # PUBLISHes read before our `up` event: (channel, data, when received). Decided
+        # once the view as of `up` is loaded, as that is the first view true for them.
+        self._early: list[tuple[str, bytes, int]] = []
+        self.on_synced: Callable[[], None] = lambda: None
+        self._admitting = threading.BoundedSemaphore(ADMIT_AT_ONCE)
         # (time, uid, who had to deliver or queue it, and the message's fields), for
         # `recover`. Plain values only: the collector skips such tuples, and there are
         # many of them.
@@ -137,10 +162,14 @@ class Dispatcher:
     ### Joining the cluster ###
 
     def joining(self, snapshot: list[Any]) -> None:
-        """Our `up` ran; `snapshot` is the cluster as of its event, which comes next."""
-        seq, era, servers, sockets, draining = snapshot
-        self._joining = [int(seq), era.decode(), [s.decode() for s in servers], sockets, draining]
-        self._early = 0
+        """Our `up` ran; `snapshot` is the cluster as of its event, which comes next.
+
+        Messages read from now until that event are held (and those read before an
+        earlier `up` whose event never came: the subscription broke first).
+        """
+        early, seq, era, servers, sockets, draining = snapshot
+        self._joining = Joining(int(early), int(seq), era.decode(),
+                                [s.decode() for s in servers], sockets, draining)
         self.view.synced = False
 
     def own_sockets(self) -> list[tuple[str, str]]:
@@ -182,13 +211,22 @@ class Dispatcher:
         if view.synced:
             view.count += 1
             return Incoming(channel, data, view.era, view.seq, view.count)
-        joining = self._joining
-        if joining is not None and joining[2] == [self.me]:
-            # Read between our SUBSCRIBE and our `up`: with no other server to handle it,
-            # ours to handle, under an id of a form no other server gives out.
-            self._early += 1
-            return Incoming(channel, data, joining[1], joining[0], f"0.{self._early:x}")
-        return None  # the servers that were up when it was published handle it
+        self._early.append((channel, data, int(time.time() * 1000)))
+        return None
+
+    def _route_early(self, joined: Joining) -> None:
+        """Decide what was read before our `up` event, now that the view is as of it.
+
+        Alone, it is ours: nobody else read it with a view that had a server in it. Its
+        ids take the number our `up` set aside, so they sort before everything after.
+        With other servers up, they handled it with their views.
+        """
+        early, self._early = self._early, []
+        if early and joined.servers == [self.me]:
+            log.info("Routing %d messages read while joining", len(early))
+            era = self.view.era
+            self._route([Incoming(channel, data, era, joined.early, n, received)
+                         for n, (channel, data, received) in enumerate(early, 1)])
 
     def _route(self, run: list[Incoming]) -> None:
         started = time.perf_counter()
@@ -220,7 +258,7 @@ class Dispatcher:
         target = names.parse_channel(channel)
         if target is None:
             log.warning("Ignoring message on %s: not a user or group channel with a valid id",
-                        channel[:300])
+                        names.printable(channel))
             self.metrics.invalid.labels("channel").inc()
             return None
         if len(data) > self.max_payload:
@@ -244,11 +282,11 @@ class Dispatcher:
         for cid, raw in zip(order, retrying("reading group members", read), strict=True):
             uids = []
             for item in sorted(raw):
-                uid = item.decode("utf-8", "replace")
+                uid = names.decode(item)
                 if names.valid_id(uid):
                     uids.append(uid)
                 else:
-                    log.warning("Group %s has an invalid member %r; skipped", cid, uid[:80])
+                    log.warning("Group %s has an invalid member %s; skipped", cid, names.printable(uid, 80))
             members[cid] = uids
         return members
 
@@ -344,9 +382,18 @@ class Dispatcher:
                 for raw in dropped:
                     self.metrics.trimmed.inc()
                     log.warning("%s: queue is over max_queue_length, dropping its oldest message '%s'",
-                                uid, envelope.preview(envelope.loads(raw)))
+                                uid, envelope.preview_stored(raw))
             for user, msg, acked_only, bubble in sends:
-                if not (user.live() and self._send(user, msg, acked_only, bubble)):
+                try:
+                    sent = user.live() and self._send(user, msg, acked_only, bubble)
+                except Exception:
+                    # Queued or recorded in flight already, so not lost; but a user who
+                    # stays online would wait for it for ever: give it back at once.
+                    log.exception("%s: could not send a message; giving it back", user.uid)
+                    user.leftover.append(msg)
+                    self.spawn(self._return_leftover, user.uid)
+                    continue
+                if not sent:
                     # Its last socket was cut off earlier in this batch: given back with
                     # what that socket held, behind it.
                     user.leftover.append(msg)
@@ -468,11 +515,13 @@ class Dispatcher:
         view = self.view
         if not view.synced:
             joining = self._joining
-            if joining is not None and event["g"] == joining[0]:
-                view.load(*joining)
+            if joining is not None and event["g"] == joining.seq:
+                view.load(joining.seq, joining.era, joining.servers, joining.sockets, joining.draining)
                 self._joining = None
                 log.info("Joined %d server(s) on this Redis: %s", len(view.servers), ", ".join(view.servers))
                 self._loaded()
+                self._route_early(joining)
+                self.on_synced()
             return  # events before our `up` are in the state it returned
         if event["g"] <= view.seq:
             # The numbers started again: Redis lost its data (a restart without
@@ -639,18 +688,23 @@ class Dispatcher:
 
     ### Identify and drain ###
 
-    def admit(self, conn: Conn, uid: str, ack: bool) -> None:
+    def admit(self, conn: Conn, uid: str) -> bool:
         """Announce an identified socket to every server; it joins when that comes back.
+        False if Redis did not take the announcement within `ADMIT_WITHIN` seconds.
 
         The lock is held across the announcement so that the socket's leaving, if it
         leaves meanwhile, is announced after it, and so that our listener, which reads
         the announcement, joins the socket only after the identify reply is on its way.
+        A few identifies at a time: a reconnect storm of thousands would otherwise
+        empty the connection pool, and hold lock stripes the listener needs, while
+        they wait for it.
         """
-        with self.registry.user_lock(uid):
+        with self._admitting, self.registry.user_lock(uid):
             if (self.registry.get(conn.sid) is not conn or conn.announced is not None
                     or conn.requested != uid):
-                return  # gone, or identified again, while we waited for the lock
-            conn.ack = ack
+                return True  # gone, or identified again, while we waited for the lock
+            # Set before the call: if Redis ran it and only the reply was lost, the
+            # socket's leaving must still be announced.
             conn.announced = uid
             socks = self.view.sockets.get(uid)
             if socks and all(server != self.me for server, _ in socks):
@@ -659,8 +713,32 @@ class Dispatcher:
                 # already, so that this socket drains what the dead server held before
                 # anything newer, rather than after.
                 self.on_suspect()
-            retrying(f"announcing a socket of {uid}",
-                     lambda: self.cluster.on(conn.sid, uid, self.registry.user_conn_limit))
+            try:
+                retrying(f"announcing a socket of {uid}",
+                         lambda: self.cluster.on(conn.sid, uid, self.registry.user_conn_limit),
+                         give_up_after=ADMIT_WITHIN)
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                return False
+            return True
+
+    def switch_ack(self, conn: Conn, ack: bool) -> None:
+        """The socket identified again with another ack mode (SPEC §4): from now on its
+        messages count as delivered when acknowledged (`ack`), or when written."""
+        uid = conn.requested
+        if uid is None:
+            return
+        with self.registry.user_lock(uid):
+            if conn.ack == ack:
+                return
+            conn.ack = ack
+            user = self.registry.user(uid)
+            if ack or user is None:
+                return
+            # Now plain: what it was sent and has not acknowledged was written to it.
+            for pending in list(user.pending.values()):
+                if conn.sid in pending.waiting and user.pending.pop(pending.message.id, None):
+                    self.metrics.delivered.inc()
+                    self._settle(uid, [pending.message.stored])
 
     def _replay(self, user: User, conn: Conn) -> None:
         """Bring a socket that joins an online user up to date, in order.
@@ -695,6 +773,23 @@ class Dispatcher:
         self.spawn(self._drain, user)
 
     def _drain(self, user: User) -> None:
+        """Run `_drain_steps`; a drain that fails is ended and started again shortly, so
+        that nothing the user is owed stays behind it (what it had taken is given back
+        by `_claim` and `_send_drained` themselves)."""
+        try:
+            self._drain_steps(user)
+        except Exception:
+            log.exception("%s: the drain of the queue failed; starting it again", user.uid)
+            with self.registry.user_lock(user.uid):
+                self._end_drain(user)
+            self.spawn(self._drain_again, user.uid)
+
+    def _drain_again(self, uid: str) -> None:
+        time.sleep(DRAIN_RETRY)
+        if uid in self.view.draining and self.view.home(uid) == self.me:
+            self._start_drain(uid)
+
+    def _drain_steps(self, user: User) -> None:
         """Deliver the queue to a user whose oldest socket is here, in order.
 
         A drain begins at an event (the user's first socket, or messages given back);
@@ -787,38 +882,73 @@ class Dispatcher:
             if not (user.live() and self._send(user, msg, acked_only, bubble)):
                 user.leftover.append(msg)
 
-    def _claim(self, uid: str, before: int = 0) -> list[bytes] | None:
+    def _claim(self, uid: str, before: int = 0) -> list[Message] | None:
+        """Take the next batch of the queue into flight (lock held); None: not now."""
         try:
-            return self.store.claim(uid, self.drain_batch, before, self.view.era)
+            start, raw = self.store.claim_scored(uid, self.drain_batch, before, self.view.era)
         except redis.RedisError as exc:
             log.warning("%s: cannot read the queue yet (%s); retrying", uid, exc)
             return None
+        try:
+            return self._adopt(uid, start, raw)
+        except Exception:
+            # Taken from the queue, not yet sent: back to its head, or it is in limbo.
+            log.exception("%s: could not read %d queued messages; giving them back", uid, len(raw))
+            retrying(f"recommitting for {uid}", partial(self.store.recommit, uid, raw))
+            return None
 
-    def _send_drained(self, user: User, batch: list[bytes]) -> set[str]:
+    def _adopt(self, uid: str, start: int, raw: list[bytes]) -> list[Message]:
+        """The claimed entries as messages. Entries another program wrote (the original
+        Node.js server's, an app's plain text) get an envelope with an id, which replaces
+        them in flight before anything is sent, so every re-delivery carries that id."""
+        channel = names.user_channel(uid)
+        messages: list[Message] = []
+        swaps: list[tuple[bytes, str, int]] = []
+        for i, item in enumerate(raw):
+            msg, foreign = Message.from_queue(item, channel)
+            if foreign:
+                swaps.append((item, msg.stored, start + i))
+            messages.append(msg)
+        if swaps:
+            retrying(f"adopting queue entries of {uid}", partial(self.store.adopt, uid, swaps))
+            for item, stored, _ in swaps:
+                log.warning("%s: queue entry not written by RedMessenger ('%s'); delivered as %s",
+                            uid, envelope.preview_stored(item), stored[:60])
+            self.metrics.foreign.inc(len(swaps))
+        return messages
+
+    def _send_drained(self, user: User, batch: list[Message]) -> set[str]:
         waiting = set()
-        delivered, undelivered = [], []
+        delivered: list[str] = []
+        undelivered: list[Message] = []
         bubble = self._bubble(user.uid)
-        for raw in batch:
-            msg = Message.from_stored(raw.decode("utf-8"))
-            live = user.live()
-            acked_only = all(c.ack for c in live)
-            if not live or not self._send(user, msg, acked_only, bubble):
-                undelivered.append(msg.stored)  # every socket left or was cut off
-                continue
-            self.metrics.drained.inc()
-            if log.isEnabledFor(logging.INFO):
-                log.info("%s: Purging message '%s' from %s",
-                         user.uid, envelope.preview(msg.envelope), msg.envelope["source"])
-            user.drain_log.append(msg)
-            if acked_only:
-                waiting.add(msg.id)
-            else:
-                delivered.append(msg.stored)
-        if delivered:
-            self._settle(user.uid, delivered)
-        if undelivered:
-            # Still the head of the queue: back where they came from, in order.
-            retrying(f"recommitting for {user.uid}", lambda: self.store.recommit(user.uid, undelivered))
+        done = 0
+        try:
+            for msg in batch:
+                live = user.live()
+                acked_only = all(c.ack for c in live)
+                if not live or not self._send(user, msg, acked_only, bubble):
+                    undelivered.append(msg)  # every socket left or was cut off
+                    done += 1
+                    continue
+                done += 1
+                self.metrics.drained.inc()
+                if log.isEnabledFor(logging.INFO):
+                    log.info("%s: Purging message '%s' from %s",
+                             user.uid, envelope.preview(msg.envelope), msg.envelope["source"])
+                user.drain_log.append(msg)
+                if acked_only:
+                    waiting.add(msg.id)
+                else:
+                    delivered.append(msg.stored)
+        finally:
+            # Whatever was not handed to a socket (also after an error) goes back.
+            undelivered += batch[done:]
+            if delivered:
+                self._settle(user.uid, delivered)
+            if undelivered:
+                # Still the head of the queue: back where they came from, in order.
+                self.recommit(user.uid, undelivered)
         return waiting
 
     def _queued_count(self, uid: str, first_batch: int) -> int:
@@ -887,8 +1017,15 @@ class Dispatcher:
             user.returning += 1
         given = orphans + leftover
         try:
-            if given:
-                self.recommit(uid, given)
+            self.recommit(uid, given)
+        except Exception:
+            # Redis refused the writes for good (out of memory, say): keep them to give
+            # back with the next give-back, and announce this one all the same, or the
+            # user's drains would wait for it for ever.
+            log.exception("%s: could not give back %d messages yet", uid, len(given))
+            with lock:
+                user.leftover[:0] = given
+            given = []
         finally:
             with lock:
                 user.returning -= 1
@@ -900,7 +1037,20 @@ class Dispatcher:
         retrying(f"announcing the give-back of {uid}",
                  lambda: self.cluster.mark("returned", [uid], drain="start" if queued else "", ref=off))
 
+    def _return_leftover(self, uid: str) -> None:
+        """Messages that could not be sent to a user who may still be online: back to
+        the queue, which is drained again."""
+        with self.registry.user_lock(uid):
+            user = self.registry.user(uid)
+            given, user.leftover = (user.leftover, []) if user else ([], [])
+        self.recommit(uid, given)
+        retrying(f"announcing the give-back of {uid}",
+                 lambda: self.cluster.mark("returned", [uid], drain="start", ref=self.view.seq))
+
     def recommit(self, uid: str, messages: list[Message]) -> None:
+        """Give undelivered messages back to the queue, in order: every give-back's path."""
+        if not messages:
+            return
         if log.isEnabledFor(logging.INFO):
             # One line a message, as in the seed, but not thousands in one go: that much
             # logging at once would stall every other delivery.
@@ -936,6 +1086,25 @@ class Dispatcher:
                 late = [p for p in user.pending.values() if p.sent_at < cutoff]
                 if late and not user.draining:
                     self._drop_unresponsive(user, late)
+
+    def keep_in_redis(self) -> None:
+        """Stopping, with the listener stopped: messages only this process's memory holds
+        (held behind a drain's end, or kept to give back) go to their queues, each in its
+        place in the sequence, for the next server to deliver. What was sent and not
+        acknowledged is in flight in Redis already, and is given back by whichever server
+        finds this one gone."""
+        for user in list(self.registry.users.values()):
+            with self.registry.user_lock(user.uid):
+                kept, user.leftover, user.held = user.leftover + user.held, [], []
+                if not kept:
+                    continue
+                writes = self.store.writes()
+                for msg in kept:
+                    writes.append(user.uid, msg.stored, untrack=True)
+                try:
+                    retrying(f"queueing what {user.uid} was owed", writes.execute, give_up_after=5)
+                except redis.RedisError as exc:
+                    log.error("%s: could not queue %d messages before stopping: %s", user.uid, len(kept), exc)
 
     ### A server that died ###
 

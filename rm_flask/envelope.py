@@ -41,15 +41,21 @@ def make(source: str, data: bytes | str, timestamp_ms: int | None = None,
     return envelope
 
 
+_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def dumps(envelope: Envelope) -> str:
     """Encode for the queue; `bubble` is left out, as it depends on the receiving socket.
 
     Written out by hand, as this runs for every message: the fields are fixed, and
-    `encode_basestring` (json's C string quoting) does the escaping.
+    `encode_basestring` (json's C string quoting) does the escaping. A payload that is
+    not text only comes from a queue entry another program wrote (see `from_queue`).
     """
+    payload = envelope["payload"]
+    payload = _quote(payload) if isinstance(payload, str) else _compact(payload)
     text = (
         f'{{"id":{_quote(envelope["id"])},"source":{_quote(envelope["source"])},'
-        f'"timestamp":{int(envelope["timestamp"])},"payload":{_quote(envelope["payload"])}'
+        f'"timestamp":{int(envelope["timestamp"])},"payload":{payload}'
     )
     if "encoding" in envelope:
         text += f',"encoding":{_quote(envelope["encoding"])}'
@@ -69,8 +75,66 @@ def preview(envelope: Envelope, limit: int = 80) -> str:
     text = envelope.get("payload", "")
     if envelope.get("encoding") == "base64":
         text = "<binary, base64>"
+    elif not isinstance(text, str):
+        text = json.dumps(text, ensure_ascii=False)
     text = text.replace("\n", "\\n").replace("\r", "\\r")
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def preview_stored(raw: bytes | str, limit: int = 80) -> str:
+    """`preview` of a queue entry, whatever wrote it."""
+    try:
+        envelope = loads(raw)
+        if isinstance(envelope, dict) and "payload" in envelope:
+            return preview(envelope, limit)
+    except ValueError:
+        pass
+    text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+    return preview({"payload": text}, limit)
+
+
+# Ids given to queue entries another program wrote. No dots, so that store.py's Lua,
+# which reads a position in the sequence out of our own ids, finds none in them.
+def _foreign_id() -> str:
+    return f"q-{os.urandom(8).hex()}"
+
+
+def _ours(raw: bytes) -> Envelope | None:
+    """The envelope, if `raw` is one exactly as `dumps` writes it (the frames are cut
+    out of that exact text)."""
+    if not raw.startswith(b'{"id":"'):
+        return None
+    try:
+        env = json.loads(raw)
+        return env if dumps(env).encode("utf-8") == raw else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def adopt(raw: bytes, uid_channel: str, now_ms: int | None = None) -> Envelope:
+    """The envelope to deliver for a queue entry RedMessenger did not write (SPEC §3).
+
+    An object with a `payload` (the original Node.js server's entries) keeps its
+    `source`, `timestamp` and `payload`, and its `id` if it has one; anything else is the
+    payload of a new envelope from the user's own channel.
+    """
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    try:
+        obj = json.loads(raw)
+    except ValueError:  # not JSON, or not UTF-8
+        obj = None
+    if isinstance(obj, dict) and "payload" in obj:
+        env: Envelope = {
+            "id": obj["id"] if isinstance(obj.get("id"), str) and obj["id"] else _foreign_id(),
+            "source": obj["source"] if isinstance(obj.get("source"), str) else uid_channel,
+            "timestamp": (obj["timestamp"] if isinstance(obj.get("timestamp"), int)
+                          and not isinstance(obj.get("timestamp"), bool) else now),
+            "payload": obj["payload"],
+        }
+        if obj.get("encoding") == "base64":
+            env["encoding"] = "base64"
+        return env
+    return make(uid_channel, raw, now, _foreign_id())
 
 
 class Message:
@@ -91,6 +155,15 @@ class Message:
     @classmethod
     def from_stored(cls, stored: str) -> Message:
         return cls(loads(stored), stored)
+
+    @classmethod
+    def from_queue(cls, raw: bytes, uid_channel: str) -> tuple[Message, bool]:
+        """A queue entry as a message; True with it if another program wrote the entry,
+        which then travels in the form `adopt` gives it."""
+        env = _ours(raw)
+        if env is not None:
+            return cls(env, raw.decode("utf-8")), False
+        return cls(adopt(raw, uid_channel)), True
 
     @property
     def id(self) -> str:

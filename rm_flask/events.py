@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import redis
 from engineio import packet as eio_packet
 from flask import request
 from flask_socketio import SocketIO
 
 from . import names
+from .auth import Gate, IdentifyError
 from .envelope import Message
-from .ratelimit import FailureLimiter
 from .registry import Conn, ConnLimitError
 
 if TYPE_CHECKING:
@@ -25,12 +23,8 @@ log = logging.getLogger("rm_flask")
 # An identifier longer than this is refused before it is looked at any further.
 MAX_IDENTIFIER = 2048
 MAX_KEY = 1024
-
-
-class IdentifyError(Exception):
-    def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.code = code
+# Seconds an identify waits for a server that is starting or rejoining Redis (SPEC §4).
+IDENTIFY_HOLD = 5.0
 
 
 def parse_identifier(data: Any) -> tuple[str, str | None, bool]:
@@ -119,8 +113,7 @@ def init_app(socketio: SocketIO, service: Service) -> None:
     dispatcher = service.dispatcher
     transport = service.transport
     metrics = service.metrics
-    per_uid = FailureLimiter(config.identify_failures_per_uid)
-    per_address = FailureLimiter(config.identify_failures_per_address)
+    gate = Gate(config, service.redis)
 
     @socketio.on("connect", namespace=namespace)
     def connect(auth: Any = None) -> bool | None:
@@ -144,46 +137,33 @@ def init_app(socketio: SocketIO, service: Service) -> None:
         if conn is None:
             return {"ok": False, "error": "conn_limit"}
         host = conn.address.rpartition(":")[0]
-        uid = None
-        counted = False
         try:
-            if per_address.blocked(host):
-                raise IdentifyError("rate_limited")
+            gate.screen(host)
             uid, key, ack = parse_identifier(data)
-            if per_uid.blocked(uid):
-                raise IdentifyError("rate_limited")
-            if not service.accepting():
-                # We could not deliver anything, nor tell what is queued: say so at once.
+            if not service.accepting() and not service.wait_accepting(IDENTIFY_HOLD):
+                # Starting or rejoining takes moments; past that, Redis is out of reach:
+                # we could not deliver anything, nor tell what is queued.
                 raise IdentifyError("unavailable")
-            if config.secure_mode:
-                if not (per_uid.attempt(uid) and per_address.attempt(host)):
-                    raise IdentifyError("rate_limited")
-                counted = True  # as failed, until the key is checked and passes
-                check_key(service.redis, uid, key)
-                counted = False
-                per_uid.forgive(uid)
-                per_address.forgive(host)
+            gate.authenticate(uid, key, data, host)
+            if conn.requested == uid:
+                dispatcher.switch_ack(conn, ack)  # the same uid again: only the mode may change
+                return {"ok": True, "uid": uid}
+            if conn.announced is not None:
+                dispatcher.leave(conn)
+            conn.requested, conn.ack = uid, ack
+            log.info("Assigning id %s to socket %s.", uid, conn.address)
+            log.info("You're subscribed to %s!", names.user_channel(uid))
+            # Announced before the reply, so that whatever is published once the client
+            # has its reply comes after the announcement in every server's sequence.
+            if not dispatcher.admit(conn, uid):
+                raise IdentifyError("unavailable")
         except IdentifyError as exc:
             log.warning("Refusing identifier %s from %s: %s", describe(data), conn.address, exc.code)
             metrics.identify_failed.labels(exc.code).inc()
-            if exc.code == "invalid_identifier":
-                per_address.fail(host)
-            elif exc.code == "unavailable" and counted:
-                per_uid.forgive(uid)  # not the client's failure
-                per_address.forgive(host)
+            gate.refused(host, exc.code)
             transport.refuse(conn.sid, exc.code)
             return {"ok": False, "error": exc.code}
-        if conn.requested == uid:
-            return {"ok": True, "uid": uid}  # the same identify again: nothing changes
-        if conn.announced is not None:
-            dispatcher.leave(conn)
-        conn.requested = uid
         metrics.identified.inc()
-        log.info("Assigning id %s to socket %s.", uid, conn.address)
-        log.info("You're subscribed to %s!", names.user_channel(uid))
-        # Announced before the reply, so that whatever is published once the client has
-        # its reply comes after the announcement in every server's sequence.
-        dispatcher.admit(conn, uid, ack)
         return {"ok": True, "uid": uid}
 
     @socketio.on("disconnect", namespace=namespace)
@@ -193,13 +173,3 @@ def init_app(socketio: SocketIO, service: Service) -> None:
             return
         metrics.sockets.dec()
         dispatcher.leave(conn)
-
-
-def check_key(client: redis.Redis, uid: str, key: str | None) -> None:
-    """Secure mode: the key must equal `rm:users:$uid:key`, compared in constant time."""
-    try:
-        stored = client.get(names.user_key_key(uid))
-    except redis.RedisError:
-        raise IdentifyError("unavailable") from None
-    if stored is None or not key or not hmac.compare_digest(key.encode("utf-8"), stored):
-        raise IdentifyError("unauthorized")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import termios
 import threading
 import time
+from array import array
 from collections.abc import Callable
 
 import redis
@@ -49,8 +52,16 @@ class Listener:
         self._pubsub: redis.client.PubSub | None = None
         self._connections = 0
         self._down_since: float | None = None  # when the subscription was lost, if it is
+        self._handling = False  # routing what it read
+        self.finished = threading.Event()  # `run` has returned
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            self.finished.set()
+
+    def _run(self) -> None:
         backoff = BACKOFF_FIRST
         while not self.stopped.is_set():
             pubsub = self.client.pubsub()
@@ -78,7 +89,11 @@ class Listener:
                         # What was read is ours to deliver, even if the connection then
                         # broke.
                         if batch:
-                            self.on_messages(batch)
+                            self._handling = True
+                            try:
+                                self.on_messages(batch)
+                            finally:
+                                self._handling = False
                     if self.stopped.is_set():
                         break
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
@@ -104,7 +119,7 @@ class Listener:
         self.last_received = time.monotonic()
         kind = message["type"]
         if kind == "pmessage":
-            batch.append((message["channel"].decode("utf-8", "replace"), message["data"]))
+            batch.append((names.decode(message["channel"]), message["data"]))
         elif kind == "message":
             batch.append((names.CLUSTER_CHANNEL, message["data"]))
         elif kind == "subscribe":
@@ -128,6 +143,23 @@ class Listener:
         """Our ping came back through the subscription."""
         self.last_pong = time.monotonic()
 
+    def busy(self) -> bool:
+        """Is there something we have not read yet? Then the subscription is not stuck,
+        we are slow (thousands of sockets identifying at once, say): replacing it would
+        throw away everything Redis holds for us."""
+        if self._handling:
+            return True
+        pubsub = self._pubsub
+        sock = getattr(pubsub.connection, "_sock", None) if pubsub is not None else None
+        if sock is None:
+            return False
+        waiting = array("i", [0])
+        try:
+            fcntl.ioctl(sock.fileno(), termios.FIONREAD, waiting)  # bytes in the kernel's buffer
+        except (OSError, ValueError):
+            return False
+        return waiting[0] > 0
+
     def kick(self) -> None:
         """Drop a subscription that stopped delivering, so that `run` makes a new one."""
         pubsub = self._pubsub
@@ -136,6 +168,23 @@ class Listener:
             self.subscribed = False
             pubsub.connection.disconnect()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop for good, without losing what Redis already sent us.
+
+        Unsubscribing first: Redis counts us as a receiver until it handles that, and
+        everything it sent before its reply is read and routed; `listen` ends with the
+        reply. Only if that does not come in time is the connection cut.
+        """
         self.stopped.set()
-        self.kick()
+        pubsub = self._pubsub
+        if pubsub is not None and self.subscribed:
+            try:
+                pubsub.unsubscribe()
+                pubsub.punsubscribe()
+                if self.finished.wait(timeout):
+                    return
+            except Exception:
+                log.warning("Could not unsubscribe cleanly; closing the subscription")
+        if pubsub is not None and pubsub.connection is not None:
+            self.subscribed = False
+            pubsub.connection.disconnect()

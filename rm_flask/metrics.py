@@ -29,6 +29,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.foreign = Counter(
+            "rm_queue_foreign",
+            "Queue entries RedMessenger did not write (another server's or app's), delivered as SPEC §3 says",
+            registry=r,
+        )
         self.failed = Counter(
             "rm_messages_failed",
             "PUBLISHes lost to an unexpected error (Redis refusing writes, such as OOM), logged",

@@ -17,8 +17,36 @@ MAX_ID_LENGTH = 256
 
 
 def valid_id(value: object) -> bool:
-    """Tell whether `value` may name a user or a group."""
-    return isinstance(value, str) and _UID.fullmatch(value) is not None
+    """Tell whether `value` may name a user or a group (SPEC §4).
+
+    The one place this rule lives. A uid must also encode as UTF-8: one with a lone
+    surrogate could be accepted from a socket but never written to Redis, and every
+    script call carrying it (announcing the server's sockets after a reconnect among
+    them) would fail.
+    """
+    if not isinstance(value, str) or _UID.fullmatch(value) is None:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def decode(raw: bytes) -> str:
+    """A channel or member name read from Redis, as text that `valid_id` judges.
+
+    Bytes that are not UTF-8 become lone surrogates, which `valid_id` refuses, rather
+    than U+FFFD, which would map a bad name onto a real user's.
+    """
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """`text` cut to `limit` characters, safe to log: undecodable bytes shown escaped."""
+    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def user_channel(uid: str) -> str:
@@ -30,9 +58,28 @@ def queue_key(uid: str) -> str:
     return f"{PREFIX}:users:{uid}:messages"
 
 
+# Every user's queue, for SCAN MATCH (the operators' page looks for the deepest ones).
+QUEUE_KEY_PATTERN = f"{PREFIX}:users:*:messages"
+
+
+def uid_of_queue_key(key: str) -> str | None:
+    """The uid whose queue `key` is; None if `key` is not a valid user's queue."""
+    head, tail = f"{PREFIX}:users:", ":messages"
+    if not (key.startswith(head) and key.endswith(tail)):
+        return None
+    uid = key[len(head):-len(tail)]
+    return uid if valid_id(uid) else None
+
+
 def user_key_key(uid: str) -> str:
     """The string holding `uid`'s authentication token (secure mode)."""
     return f"{PREFIX}:users:{uid}:key"
+
+
+def identify_failures_key(kind: str, ident: str) -> str:
+    """Failed identifies in the current window for a uid (`kind` "uid") or a client
+    address ("address"), shared by every server; expires with the window."""
+    return f"{PREFIX}:limits:identify:{kind}:{ident}"
 
 
 def group_channel(cid: str) -> str:

@@ -18,7 +18,7 @@ from redis.retry import Retry
 from . import names
 from .cluster import Cluster
 from .config import Config
-from .dispatcher import Dispatcher, retrying
+from .dispatcher import ADMIT_AT_ONCE, Dispatcher, retrying
 from .events import SocketTransport
 from .listener import Listener
 from .metrics import Metrics
@@ -44,19 +44,16 @@ class Service:
         self.config = config
         self.socketio = socketio
         self.server_id = os.urandom(6).hex()
-        # Many greenlets share the pool; past its size they wait their turn instead of
-        # failing with "Too many connections".
-        pool = redis.BlockingConnectionPool.from_url(
-            config.redis_kwargs()["url"],
-            max_connections=REDIS_POOL_SIZE,
-            timeout=5,
-            client_name=names.client_name(self.server_id),
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            socket_keepalive=True,
-            health_check_interval=15,
-        )
-        self.redis = redis.Redis(connection_pool=pool)
+        # Many greenlets share the pool; past its size they wait their turn (for as long
+        # as it takes: every command times out by itself, so a connection always comes
+        # back) instead of failing with "Too many connections" or "No connection
+        # available", which would look like Redis being down.
+        self.redis = self._client(REDIS_POOL_SIZE, health_check_interval=15)
+        # Identifies and housekeeping on connections of their own: a storm of sockets
+        # leaving must not hold up the ones that come back, and nothing may make this
+        # server's heartbeats late or Redis look down to it.
+        self.admit_redis = self._client(ADMIT_AT_ONCE)
+        self.housekeeping_redis = self._client(2)
         # The subscription waits for messages indefinitely, so it gets no read timeout;
         # the round trips through the control channel notice when it stops delivering.
         # No retries inside redis-py either: its retry reconnects and resubscribes on its
@@ -75,7 +72,8 @@ class Service:
         self.registry = Registry(config.conn_limit, config.user_conn_limit)
         self.store = Store(self.redis, self.server_id, config.queue_expiry, config.max_queue_length)
         self.transport = SocketTransport(socketio, config.rm_route, config.max_buffered)
-        self.cluster = Cluster(self.redis, self.server_id)
+        self.cluster = Cluster(self.redis, self.server_id, admit_client=self.admit_redis)
+        self.housekeeping_cluster = Cluster(self.housekeeping_redis, self.server_id)
         self.dispatcher = Dispatcher(
             self.store, self.registry, self.transport, self.metrics,
             spawn=socketio.start_background_task, cluster=self.cluster,
@@ -90,6 +88,9 @@ class Service:
         self.dispatcher.on_declared_dead = self._join
         self.dispatcher.on_reset = self._join
         self.dispatcher.on_suspect = self._reap_soon
+        # Set when the view is loaded after a (re)join: identifies held meanwhile go on.
+        self._synced = threading.Event()
+        self.dispatcher.on_synced = self._synced.set
         self._last_reap = 0.0
         # Whether Redis answered the last heartbeat (each second). The listener may still
         # count as subscribed while Redis is gone: it retries the writes of messages it
@@ -98,6 +99,19 @@ class Service:
         self._started = False
         self._start_lock = threading.Lock()
         self._stopped = threading.Event()
+
+    def _client(self, connections: int, **options: Any) -> redis.Redis:
+        pool = redis.BlockingConnectionPool.from_url(
+            self.config.redis_kwargs()["url"],
+            max_connections=connections,
+            timeout=None,
+            client_name=names.client_name(self.server_id),
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            socket_keepalive=True,
+            **options,
+        )
+        return redis.Redis(connection_pool=pool)
 
     def check_redis(self) -> None:
         """Fail fast, with one clear line, when Redis is not there at start-up."""
@@ -142,21 +156,26 @@ class Service:
         log.info("RedMessenger %s listening to %s on Redis", self.server_id, names.PATTERN)
 
     def stop(self) -> None:
+        """Stop listening without losing what was read: the subscription ends first, then
+        what only memory holds goes to Redis. Sockets are left to close with the process."""
         self._stopped.set()
         self.dispatcher.wake_settler()
         self.listener.stop()
+        if self._started:
+            self.dispatcher.keep_in_redis()
 
     ### Liveness ###
 
     def _join(self) -> None:
         """Subscribed (again): announce this server and learn the cluster as of then."""
+        self._synced.clear()
         snapshot = retrying("announcing this server",
                             lambda: self.cluster.up(self.dispatcher.own_sockets()))
         self.dispatcher.joining(snapshot)
 
     def _heartbeat(self) -> None:
         about = f"{socket.gethostname()} {os.getpid()}"
-        self.redis.set(names.server_key(self.server_id), about, ex=HEARTBEAT_TTL)
+        self.housekeeping_redis.set(names.server_key(self.server_id), about, ex=HEARTBEAT_TTL)
 
     def _reap_soon(self) -> None:
         """Look for dead servers now, unless someone just did (at most 5 times a second)."""
@@ -198,11 +217,12 @@ class Service:
                 self.dispatcher.expire_unacknowledged()
                 self._heartbeat()
                 # Says how far our listener has read: a drain waiting on us can go on.
-                self.cluster.mark("ping", ref=self.dispatcher.view.seq)
+                self.housekeeping_cluster.mark("ping", ref=self.dispatcher.view.seq)
                 self.redis_ok = True
                 if (
                     self.listener.subscribed
                     and time.monotonic() - self.listener.last_received > STUCK_AFTER
+                    and not self.listener.busy()
                 ):
                     self.listener.kick()
                 self.reap_dead_servers()
@@ -223,7 +243,22 @@ class Service:
 
     def accepting(self) -> bool:
         """Can a socket that identifies now be served?"""
-        return self.listener.subscribed and self.redis_ok
+        return self.listener.subscribed and self.redis_ok and self.dispatcher.view.synced
+
+    def wait_accepting(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for `accepting()`: a server that is starting or
+        rejoining Redis holds identifies for moments rather than refusing them. One
+        that cannot reach Redis at all says so at once."""
+        deadline = time.monotonic() + timeout
+        while not self.accepting():
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.redis_ok:
+                return False
+            if self._synced.is_set():
+                time.sleep(min(left, 0.1))  # synced, but Redis or the subscription is not back
+            else:
+                self._synced.wait(min(left, 0.5))
+        return True
 
     ### Health ###
 

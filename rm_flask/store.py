@@ -76,17 +76,21 @@ return cut
 # Move the first ARGV[1] messages of a queue into the server's in-flight set. Atomic so
 # that no message is ever outside Redis, or in both places, whatever dies when. ARGV[4],
 # if not 0: take only messages from before that event of era ARGV[5] (a drain's end).
+# A batch also stops before an entry the set holds already: two byte-identical entries
+# (plain text an app pushed twice) would be one member of the set, and a crash before
+# `adopt` gives each its own id would give back only one of them.
 _CLAIM = _POSITION + """
 local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 local limit = tonumber(ARGV[4])
-if limit > 0 then
-  for i = 1, #items do
-    local g, _, era = position(items[i])
-    if era == ARGV[5] and g >= limit then
-      for j = #items, i, -1 do items[j] = nil end
-      break
-    end
+local seen = {}
+for i = 1, #items do
+  local g, _, era = position(items[i])
+  if (limit > 0 and era == ARGV[5] and g >= limit)
+      or (i > 1 and (seen[items[i]] or redis.call('ZSCORE', KEYS[2], items[i]))) then
+    for j = #items, i, -1 do items[j] = nil end
+    break
   end
+  seen[items[i]] = true
 end
 if #items == 0 then return items end
 redis.call('LTRIM', KEYS[1], #items, -1)
@@ -96,6 +100,17 @@ for i, item in ipairs(items) do
 end
 redis.call('SADD', KEYS[3], ARGV[3])
 return items
+"""
+
+# Replace in-flight entries another program wrote by the envelopes made of them (which
+# have ids), keeping their places. Atomic: a crash between the removal and the add would
+# lose the entry. ARGV: per entry, the old member, the new one, and its score.
+_ADOPT = """
+for i = 1, #ARGV, 3 do
+  redis.call('ZREM', KEYS[1], ARGV[i])
+  redis.call('ZADD', KEYS[1], ARGV[i + 2], ARGV[i + 1])
+end
+return 0
 """
 
 # Put in-flight messages back in the queue, in their original order, ahead of anything
@@ -161,12 +176,20 @@ for i = 4, #ARGV do items[#items + 1] = ARGV[i] end
 local given = #items
 for _, item in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do items[#items + 1] = item end
 local seen, rows = {}, {}
+local last_g, last_n = -1, 0
 for i, item in ipairs(items) do
   local id = string.match(item, '^{"id":"([^"]*)"')
   if not id or not seen[id] then
     if id then seen[id] = true end
     local g, n, era = position(item)
-    if era ~= ARGV[3] then g, n = -1, 0 end
+    if era == nil then
+      -- An entry another program wrote has no place in the sequence: it keeps the one
+      -- of the entry before it.
+      g, n = last_g, last_n
+    elseif era ~= ARGV[3] then
+      g, n = -1, 0
+    end
+    last_g, last_n = g, n
     rows[#rows + 1] = {g, n, i, item}
   end
 end
@@ -212,6 +235,7 @@ class Store:
         self._recommit = client.register_script(_RECOMMIT)
         self._settle = client.register_script(_SETTLE)
         self._recover = client.register_script(_RECOVER)
+        self._adopt = client.register_script(_ADOPT)
         # Scores order a server's in-flight messages; they only need to grow.
         self._score = 0
         self._score_lock = threading.Lock()
@@ -232,8 +256,13 @@ class Store:
 
         `before`: an event number; only messages that came before it are taken.
         """
+        return self.claim_scored(uid, count, before, era)[1]
+
+    def claim_scored(self, uid: str, count: int, before: int = 0,
+                     era: str = "") -> tuple[int, list[bytes]]:
+        """`claim`, and the in-flight score of the first entry taken (the others follow)."""
         start = self._next_scores(count)
-        return self._claim(
+        return start, self._claim(
             keys=[
                 names.queue_key(uid),
                 names.inflight_key(self.server_id, uid),
@@ -241,6 +270,13 @@ class Store:
             ],
             args=[count, start, uid, before, era],
         )
+
+    def adopt(self, uid: str, swaps: Sequence[tuple[bytes, str, int]]) -> None:
+        """Replace in-flight entries by (old member, new member, score)."""
+        args: list[bytes | str | int] = []
+        for old, new, score in swaps:
+            args += (old, new, score)
+        self._adopt(keys=[names.inflight_key(self.server_id, uid)], args=args)
 
     def writes(self, from_listener: bool = False) -> Writes:
         """Gather queue appends and in-flight records to send in one round trip.
@@ -293,7 +329,8 @@ class Store:
 
     def inflight_users(self, server_id: str) -> set[str]:
         members = self.redis.smembers(names.inflight_users_key(server_id))
-        return {raw.decode("utf-8", "replace") for raw in members}
+        # Only valid uids are ever indexed; anything else could not name a queue.
+        return {uid for uid in map(names.decode, members) if names.valid_id(uid)}
 
     def recover(self, server_id: str, uid: str, era: str, stored: Sequence[str]) -> int:
         """Merge a dead server's in-flight messages and `stored` into `uid`'s queue, in order.

@@ -5,6 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from . import assets
+
 bp = Blueprint("views", __name__)
 
 
@@ -15,6 +17,10 @@ def _service():
 @bp.get("/healthz")
 def healthz() -> tuple[Response, int]:
     ok, status = _service().health()
+    missing = assets.missing()
+    if missing:
+        # Not a reason for 503: messages flow; only the pages that need them do not work.
+        status["missing_files"] = {f"/vendor/{name}": needed for name, needed in missing.items()}
     return jsonify(status), 200 if ok else 503
 
 

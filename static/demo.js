@@ -8,6 +8,7 @@
     route: body.dataset.rmRoute,
     secure: body.dataset.secure === "true",
     demo: body.dataset.demo === "true",
+    tokens: body.dataset.tokens === "true",
     maxPayload: Number(body.dataset.maxPayload)
   };
   var $ = function (id) { return document.getElementById(id); };
@@ -47,14 +48,14 @@
       location.assign("/?uid=" + encodeURIComponent(id));
     });
     if (uid) {
-      signIn(uid, sessionStorage.getItem(keyStore(uid)) || "");
+      signIn(uid, sessionStorage.getItem(keyStore(uid)) || "", Number(params.get("ttl")) || null);
     } else {
       $("signin").hidden = false;
       $("signin-uid").focus();
     }
   }
 
-  function signIn(uid, key) {
+  function signIn(uid, key, tokenTtl) {
     me = uid;
     document.title = uid + " · RedMessenger demo";
     $("signin").hidden = true;
@@ -76,7 +77,23 @@
       setupGroups();
     }
 
-    rm = new RedMessenger(location.origin + config.route, { uid: uid, key: key });
+    if (typeof io === "undefined") {
+      // socket.io-client did not load (not installed on the server, or blocked): say so
+      // rather than wait forever on "Connecting…".
+      $("status").dataset.state = "error";
+      $("status").textContent = "Cannot connect: socket.io-client did not load (/vendor/socket.io.min.js)";
+      return;
+    }
+    var options = { uid: uid, key: key };
+    if (config.tokens) {
+      // Token mode: /demo/token plays the app's login view, which signs a short-lived
+      // token for the user; the client asks for a fresh one before every identify.
+      options.getToken = function () {
+        return post("/demo/token", tokenTtl ? { uid: uid, ttl: tokenTtl } : { uid: uid })
+          .then(function (reply) { return reply.token; });
+      };
+    }
+    rm = new RedMessenger(location.origin + config.route, options);
     rm.onMessage = showMessage;
     rm.on("connected", function () { setStatus("connected", "Connected, identifying…"); });
     rm.on("identified", function (info) {
@@ -84,19 +101,45 @@
       setStatus("identified", "Online as " + info.uid);
     });
     rm.on("disconnected", function (info) {
+      if (rm.state === "retrying") return; // the "retrying" event says when
       if (rm.state === "closed" && status().dataset.state === "error") return;
       setStatus("offline", info.willRetry ? "Offline, reconnecting…"
         : "Disconnected by the server (too many tabs for this user?). Reload to reconnect.");
     });
     rm.on("error", function (error) {
-      if (error.code === "connect_error" && status().dataset.state === "offline") return;
-      setStatus("error", error.message + " (" + error.code + ")");
+      if (error.code === "connect_error") {
+        setStatus("waiting", "Waiting for the server…");
+      } else if (rm.state === "closed") { // a final refusal
+        setStatus("error", error.message + " (" + error.code + ")");
+      }
     });
+    rm.on("retrying", function (retry) {
+      stopCountdown();
+      var until = Date.now() + retry.delay;
+      var text = RedMessenger.describe(retry.code) + " Retrying in ";
+      var show = function () {
+        var seconds = Math.max(1, Math.ceil((until - Date.now()) / 1000));
+        setStatus("retrying", text + seconds + " s (" + retry.code + ")");
+      };
+      show();
+      countdown = setInterval(function () {
+        if (rm.state !== "retrying") return stopCountdown();
+        show();
+      }, 1000);
+    });
+  }
+
+  var countdown = null;
+
+  function stopCountdown() {
+    if (countdown !== null) clearInterval(countdown);
+    countdown = null;
   }
 
   function status() { return $("status"); }
 
   function setStatus(state, text) {
+    if (state !== "retrying") stopCountdown();
     status().dataset.state = state;
     status().textContent = text;
   }

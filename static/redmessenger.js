@@ -11,12 +11,18 @@
  *
  * Options (all but uid optional):
  *   uid            the user to receive messages for
- *   key            the user's token (secure mode: must equal Redis `rm:users:$uid:key`)
+ *   key            the user's key (secure mode: must equal Redis `rm:users:$uid:key`)
+ *   token          a signed token (JWT) for uid from your app, instead of a key
+ *   getToken       function (uid) returning a token, or a Promise of one: called before
+ *                  every identify (the first and each reconnect), so that a tab open for
+ *                  longer than a token lives never presents an expired one
  *   ack            true (default): acknowledge each message, so the server counts it as
  *                  delivered only once this tab has it; false: the seed's plain protocol
  *   notifications  true (default): show a desktop Notification for messages whose
  *                  `bubble` is true (only one tab of the user gets that), if the user allowed
  *   autoConnect    true (default): connect now; otherwise call connect()
+ *   retry          {min, max} in ms (default {min: 1000, max: 30000}): the backoff after a
+ *                  temporary refusal doubles from min up to max, with jitter
  *   io             the socket.io-client `io` function (default: the global `io`)
  *   socket         extra options for io() (default: WebSocket, falling back to long polling)
  *
@@ -25,6 +31,13 @@
  * listen to "message". A message seen before (same `id`, e.g. re-sent after a reconnect)
  * is acknowledged again but not passed on twice.
  *
+ * Refusals: `invalid_identifier` and `unauthorized` are final (the client stops; fix the
+ * uid or the credentials and call connect()). Every other one is temporary
+ * (`unavailable`, `conn_limit`, `identify_timeout`, and `rate_limited`, retried only
+ * once its minute is over): the client closes the socket, waits (backoff with jitter)
+ * and connects and identifies again by itself, until it is served. While the server
+ * cannot be reached at all, socket.io-client keeps trying by itself.
+ *
  * Events, with rm.on(name, fn) / rm.off(name, fn):
  *   "connected"     ()                     the socket is open; identifying follows
  *   "identified"    ({uid, at})            the server accepted the uid; `at` is Date.now()
@@ -32,12 +45,20 @@
  *   "message"       (message)              after onMessage
  *   "error"         ({code, message})      code is the server's `rm_error` code
  *                                          (invalid_identifier, unauthorized, conn_limit,
- *                                          unavailable, identify_timeout) or "connect_error"
- *   "disconnected"  ({reason, willRetry})  the socket closed; socket.io retries by itself
- *                                          unless the server refused this uid for good
- * Also: rm.state ("connecting", "connected", "identified", "disconnected", "closed"),
- * rm.connect(), rm.close(), rm.notify(message) (override to change the notification),
- * RedMessenger.requestNotifications() (call it from a click; returns a Promise).
+ *                                          unavailable, rate_limited, identify_timeout),
+ *                                          "connect_error" (the server cannot be reached)
+ *                                          or "token_error" (getToken failed)
+ *   "retrying"      ({code, delay, attempt})  a temporary refusal: connecting again in
+ *                                          `delay` ms (the `attempt`th retry in a row)
+ *   "disconnected"  ({reason, willRetry})  the socket closed; willRetry is false after
+ *                                          close(), a final refusal, or the server closing
+ *                                          this socket on purpose (e.g. more tabs than
+ *                                          user_conn_limit)
+ * Also: rm.state ("connecting", "connected", "identified", "waiting" (the server cannot
+ * be reached; socket.io retries), "retrying" (waiting out a backoff), "disconnected",
+ * "closed"), rm.connect(), rm.close(), rm.notify(message) (override to change the
+ * notification), RedMessenger.requestNotifications() (call it from a click; returns a
+ * Promise), RedMessenger.describe(code) (a sentence for an error code).
  *
  * Example: save these lines as an .html file, open it in a browser while `make run`
  * serves on port 8080, then run the redis-cli line below:
@@ -66,11 +87,14 @@
 })(typeof self !== "undefined" ? self : this, function () {
   "use strict";
 
-  // Codes after which trying again with the same uid and key cannot help.
+  // Codes after which trying again with the same uid and credentials cannot help.
   var FINAL_ERRORS = ["invalid_identifier", "unauthorized"];
   // How many message ids we remember to drop duplicates; older ones are forgotten.
   var SEEN_LIMIT = 5000;
   var IDENTIFY_TIMEOUT_MS = 10000;
+  // The server counts failed identifies in windows of a minute: asking again sooner is
+  // refused again, and would only be counted against this uid and address.
+  var RATE_LIMIT_MS = 60000;
 
   function RedMessenger(url, options, key) {
     if (!(this instanceof RedMessenger)) {
@@ -86,11 +110,19 @@
     if (!options.uid || typeof options.uid !== "string") {
       throw new TypeError("RedMessenger: options.uid is required");
     }
+    if (options.getToken !== undefined && typeof options.getToken !== "function") {
+      throw new TypeError("RedMessenger: options.getToken must be a function");
+    }
+    var retry = options.retry || {};
     this.url = url;
     this.uid = options.uid;
     this.key = options.key || "";
+    this.token = options.token || "";
+    this.getToken = options.getToken || null;
     this.ack = options.ack !== false;
     this.notifications = options.notifications !== false;
+    this.retryMin = retry.min > 0 ? retry.min : 1000;
+    this.retryMax = retry.max >= this.retryMin ? retry.max : Math.max(30000, this.retryMin);
     this.state = "closed";
     this.socket = null;
     this._io = options.io || (typeof io !== "undefined" ? io : null);
@@ -99,6 +131,9 @@
     this._seen = new Set();
     this._seenOrder = [];
     this._refused = null;
+    this._retries = 0; // temporary refusals in a row, for the backoff
+    this._retryTimer = null;
+    this._connection = 0; // counts connects, so that a late reply to an old one is ignored
     if (options.autoConnect !== false) {
       this.connect();
     }
@@ -132,18 +167,26 @@
     }
   };
 
-  /** The identifier the server expects: an object in ack mode, "uid:key" as in the seed. */
-  RedMessenger.prototype.generateIdentifier = function () {
-    if (!this.ack) {
+  /** The identifier the server expects: an object in ack mode or with a token, "uid:key"
+   *  as in the seed otherwise. `token` defaults to the `token` option. */
+  RedMessenger.prototype.generateIdentifier = function (token) {
+    token = token || this.token;
+    if (!this.ack && !token) {
       return this.key ? this.uid + ":" + this.key : this.uid;
     }
-    var identifier = { uid: this.uid, ack: true };
-    if (this.key) identifier.key = this.key;
+    var identifier = { uid: this.uid };
+    if (this.ack) identifier.ack = true;
+    if (token) {
+      identifier.token = token;
+    } else if (this.key) {
+      identifier.key = this.key;
+    }
     return identifier;
   };
 
   /** Open the socket; it reconnects by itself and identifies again each time. */
   RedMessenger.prototype.connect = function () {
+    this._cancelRetry();
     if (this.socket) {
       this._refused = null;
       this.state = "connecting";
@@ -162,6 +205,7 @@
     this.state = "connecting";
 
     socket.on("connect", function () {
+      self._connection += 1;
       self.state = "connected";
       self._refused = null;
       self._emit("connected");
@@ -175,13 +219,17 @@
       self._refuse(code);
     });
     socket.on("connect_error", function (err) {
+      // socket.io-client tries again by itself, with its own backoff.
+      if (self._retryTimer === null && self.state !== "closed") self.state = "waiting";
       self._emit("error", { code: "connect_error", message: String((err && err.message) || err) });
     });
     socket.on("disconnect", function (reason) {
-      // socket.io retries by itself, except after close(), a refusal for good, or the
-      // server closing this socket on purpose (e.g. more tabs than user_conn_limit).
-      var willRetry = socket.active;
-      self.state = willRetry ? "disconnected" : "closed";
+      // socket.io retries by itself, except after close(), a refusal, or the server
+      // closing this socket on purpose (e.g. more tabs than user_conn_limit); after a
+      // temporary refusal we retry ourselves, once the backoff is over.
+      var retrying = self._retryTimer !== null;
+      var willRetry = retrying || socket.active;
+      if (!retrying) self.state = willRetry ? "disconnected" : "closed";
       self._emit("disconnected", { reason: reason, willRetry: willRetry });
     });
     return this;
@@ -189,22 +237,53 @@
 
   /** Close the socket for good (call connect() to open it again). */
   RedMessenger.prototype.close = function () {
-    if (this.socket) this.socket.disconnect();
+    this._cancelRetry();
     this.state = "closed";
+    if (this.socket) this.socket.disconnect();
     return this;
   };
 
   RedMessenger.prototype._identify = function () {
     var self = this;
-    var socket = this.socket;
+    var connection = this._connection;
+    var current = function () {
+      return connection === self._connection && self.socket.connected;
+    };
+    var token;
+    if (!this.getToken) {
+      this._sendIdentifier(null, current);
+      return;
+    }
+    try {
+      token = this.getToken(this.uid);
+    } catch (err) {
+      this._tokenFailed(err);
+      return;
+    }
+    if (token && typeof token.then === "function") {
+      token.then(function (value) {
+        if (current()) self._sendIdentifier(value, current);
+      }, function (err) {
+        if (current()) self._tokenFailed(err);
+      });
+    } else {
+      this._sendIdentifier(token, current);
+    }
+  };
+
+  RedMessenger.prototype._sendIdentifier = function (token, current) {
+    var self = this;
+    if (this.getToken && (!token || typeof token !== "string")) {
+      this._tokenFailed(new Error("getToken gave " + (token === "" ? "an empty string" : typeof token)));
+      return;
+    }
     var at = Date.now();
-    socket.timeout(IDENTIFY_TIMEOUT_MS).emit("identifier", this.generateIdentifier(), function (err, reply) {
-      if (socket !== self.socket || !socket.connected) return;
+    this.socket.timeout(IDENTIFY_TIMEOUT_MS).emit("identifier", this.generateIdentifier(token), function (err, reply) {
+      if (!current()) return;
       if (err) {
-        self._emit("error", { code: "identify_timeout", message: "The server did not answer the identifier" });
-        return;
-      }
-      if (reply && reply.ok) {
+        self._refuse("identify_timeout");
+      } else if (reply && reply.ok) {
+        self._retries = 0;
         self.state = "identified";
         self._emit("identified", { uid: reply.uid, at: at });
       } else {
@@ -213,14 +292,57 @@
     });
   };
 
+  RedMessenger.prototype._tokenFailed = function (err) {
+    this._emit("error", { code: "token_error", message: "getToken failed: " + String((err && err.message) || err) });
+    this._retryLater("token_error");
+  };
+
   RedMessenger.prototype._refuse = function (code) {
     if (this._refused === code) return; // rm_error and the identify reply say it both
     this._refused = code;
+    var final = FINAL_ERRORS.indexOf(code) >= 0;
+    if (final) this.state = "closed";
     this._emit("error", { code: code, message: RedMessenger.describe(code) });
-    if (FINAL_ERRORS.indexOf(code) >= 0 && this.socket) {
+    if (!final) {
+      this._retryLater(code);
+    } else if (this.socket) {
       // The server closes the socket; stop socket.io from retrying what cannot succeed.
       this.socket.disconnect();
-      this.state = "closed";
+    }
+  };
+
+  /** How long to wait before the next try: doubling from retryMin to retryMax, then a
+   *  random point in its upper half, so that the tabs a restart refused all at once do
+   *  not all come back at once. */
+  RedMessenger.prototype._backoff = function (code) {
+    var ceiling = Math.min(this.retryMax, this.retryMin * Math.pow(2, this._retries));
+    var delay = ceiling / 2 + Math.random() * ceiling / 2;
+    if (code === "rate_limited") delay = RATE_LIMIT_MS + Math.random() * this.retryMin;
+    return Math.round(delay);
+  };
+
+  /** A temporary refusal: close this connection, and open a new one after the backoff. */
+  RedMessenger.prototype._retryLater = function (code) {
+    if (this._retryTimer !== null || this.state === "closed") return;
+    var self = this;
+    var delay = this._backoff(code);
+    this._retries += 1;
+    this.state = "retrying";
+    this._retryTimer = setTimeout(function () {
+      self._retryTimer = null;
+      self._refused = null;
+      self.state = "connecting";
+      self.socket.connect();
+    }, delay);
+    // Our side closes at once, so that socket.io does not reconnect on its own first.
+    if (this.socket) this.socket.disconnect();
+    this._emit("retrying", { code: code, delay: delay, attempt: this._retries });
+  };
+
+  RedMessenger.prototype._cancelRetry = function () {
+    if (this._retryTimer !== null) {
+      clearTimeout(this._retryTimer);
+      this._retryTimer = null;
     }
   };
 
@@ -272,11 +394,13 @@
   RedMessenger.describe = function (code) {
     return {
       invalid_identifier: "The user id is not valid (1-256 characters, no ':', no spaces).",
-      unauthorized: "Wrong or missing key for this user.",
-      conn_limit: "The server is full; retrying.",
-      unavailable: "The server cannot reach Redis; retrying.",
-      identify_timeout: "The server did not get our identifier in time; retrying.",
-      connect_error: "Cannot reach the server; retrying."
+      unauthorized: "Wrong, missing or expired key or token for this user.",
+      conn_limit: "The server is full.",
+      unavailable: "The server cannot reach Redis.",
+      rate_limited: "Too many failed sign-ins for this user or address; waiting a minute.",
+      identify_timeout: "The server did not answer our identifier in time.",
+      token_error: "Could not get a token for this user.",
+      connect_error: "Cannot reach the server."
     }[code] || "Error: " + code;
   };
 

@@ -71,3 +71,68 @@ def test_bad_file_values_and_unknown_keys(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_config(path, environ={})
+
+
+### Tokens ###
+
+SECRET = "a-secret-of-32-bytes-or-more-...."
+
+
+def test_token_keys_default_and_read_a_string_or_a_list(tmp_path):
+    assert (Config().token_secret, Config().token_algorithms, Config().token_leeway) == (None, ("HS256",), 5)
+    assert load_config(environ={"RM_TOKEN_SECRET": SECRET}).token_secret == (SECRET,)
+    both = load_config(environ={"RM_TOKEN_SECRET": json.dumps([SECRET, SECRET + "old"])})
+    assert both.token_secret == (SECRET, SECRET + "old")
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"token_secret": [SECRET * 2], "token_algorithms": ["HS256", "HS384"],
+                                "token_leeway": 0}))
+    config = load_config(path, environ={})
+    assert config.token_algorithms == ("HS256", "HS384") and config.token_leeway == 0
+    hs512 = load_config(environ={"RM_TOKEN_ALGORITHMS": "HS512", "RM_TOKEN_SECRET": SECRET * 2})
+    assert hs512.token_algorithms == ("HS512",)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"RM_TOKEN_SECRET": "short"}, "token_secret=<hidden> is invalid: expected null, or a secret"),
+        ({"RM_TOKEN_SECRET": "[]"}, "token_secret=<hidden> is invalid"),
+        ({"RM_TOKEN_SECRET": json.dumps([SECRET, "short"])}, "token_secret=<hidden>"),
+        ({"RM_TOKEN_ALGORITHMS": "none"},
+         "token_algorithms='none' is invalid: expected one or a list of HS256"),
+        ({"RM_TOKEN_ALGORITHMS": '["HS256", "RS256"]'}, "token_algorithms="),
+        ({"RM_TOKEN_LEEWAY": "-1"}, "token_leeway='-1'"),
+        ({"RM_TOKEN_SECRET": SECRET, "RM_TOKEN_ALGORITHMS": "HS512"},
+         "token_secret=<hidden> is invalid: expected secrets of at least 64 bytes for HS512"),
+    ],
+)
+def test_bad_token_values_never_show_the_secret(tmp_path, monkeypatch, environ, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_config(environ=environ)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert "short" not in str(err.value) and SECRET not in str(err.value)
+
+
+def test_admin_token_and_log_format(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config(environ={}).admin_token is None and load_config(environ={}).log_format == "text"
+    config = load_config(environ={"RM_ADMIN_TOKEN": "x" * 16, "RM_LOG_FORMAT": "json"})
+    assert config.admin_token == "x" * 16 and config.log_format == "json"
+    assert load_config(environ={"RM_ADMIN_TOKEN": "null"}).admin_token is None
+    for bad in ("x" * 15, "tab\tinside-a-long-token", "ünïcode-ünïcode-ünïcode"):
+        with pytest.raises(ConfigError) as err:
+            load_config(environ={"RM_ADMIN_TOKEN": bad})
+        # A password is never shown.
+        assert str(err.value) == ("config: admin_token=<hidden> is invalid: expected null "
+                                  "or at least 16 printable ASCII characters")
+    with pytest.raises(ConfigError, match="log_format='xml' is invalid: expected one of text, json"):
+        load_config(environ={"RM_LOG_FORMAT": "xml"})
+
+
+def test_a_redis_url_with_a_bad_port_is_refused_at_start_up(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="redis_url='redis://h:port/0' is invalid"):
+        load_config(environ={"RM_REDIS_URL": "redis://h:port/0"})
+    assert load_config(environ={"RM_REDIS_URL": "unix:///run/redis.sock"}).redis_url == "unix:///run/redis.sock"
+    assert load_config(environ={"RM_REDIS_URL": "rediss://u:p@h:6380/1"}).redis_url == "rediss://u:p@h:6380/1"

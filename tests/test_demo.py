@@ -220,3 +220,38 @@ def test_redis_down_is_a_503(make_client):
     client = make_client(redis_port=free_port())
     response = client.post("/demo/publish", json={"to": "user", "id": "bob", "payload": "x"})
     assert response.status_code == 503 and response.get_json()["error"] == "unavailable"
+
+
+### Token mode ###
+
+TOKEN_SECRET = "demo-test-secret-" + "d" * 32
+
+
+def test_token_mode_page_asks_for_no_key(make_client):
+    html = make_client(secure_mode=True, token_secret=TOKEN_SECRET).get("/").get_data(as_text=True)
+    assert 'data-tokens="true"' in html and 'id="signin-key"' not in html and "/demo/token" in html
+    html = make_client(token_secret=TOKEN_SECRET).get("/").get_data(as_text=True)
+    assert 'data-tokens="false"' in html, "no token mode without secure mode: tokens would not be checked"
+
+
+def test_demo_token_signs_a_short_lived_token(make_client):
+    import jwt
+
+    client = make_client(secure_mode=True, token_secret=TOKEN_SECRET)
+    reply = client.post("/demo/token", json={"uid": "alice"})
+    assert reply.status_code == 200 and reply.json["expires_in"] == 300
+    claims = jwt.decode(reply.json["token"], TOKEN_SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "alice" and claims["exp"] - claims["iat"] == 300
+    short = client.post("/demo/token", json={"uid": "alice", "ttl": 5}).json["token"]
+    claims = jwt.decode(short, TOKEN_SECRET, algorithms=["HS256"])
+    assert claims["exp"] - claims["iat"] == 5
+    for body, code in [({"uid": "a b"}, "invalid_uid"), ({"uid": "a", "ttl": 0}, "invalid_ttl"),
+                       ({"uid": "a", "ttl": 3601}, "invalid_ttl"), ({"uid": "a", "ttl": "5"}, "invalid_ttl")]:
+        bad = client.post("/demo/token", json=body)
+        assert (bad.status_code, bad.json["error"]) == (400, code), body
+
+
+def test_demo_token_is_off_without_a_secret_or_the_demo(make_client):
+    assert make_client(secure_mode=True).post("/demo/token", json={"uid": "a"}).status_code == 404
+    off = make_client(demo=False, secure_mode=True, token_secret=TOKEN_SECRET)
+    assert off.post("/demo/token", json={"uid": "a"}).status_code == 404

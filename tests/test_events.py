@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from rm_flask import create_app
+from rm_flask import create_app, events
 from rm_flask.events import IdentifyError, parse_identifier
 
 
@@ -35,15 +37,21 @@ def app(redis_server, r):
                       log_level="warning")
 
 
-def test_identify_while_not_subscribed_is_unavailable_at_once(app):
+def test_identify_while_not_subscribed_is_held_then_unavailable(app, monkeypatch):
+    # SPEC §4: a server that cannot serve yet holds the identify a few seconds first.
+    monkeypatch.setattr(events, "IDENTIFY_HOLD", 0.5)
     client = app.extensions["socketio"].test_client(app, namespace="/rm")
+    started = time.monotonic()
     reply = client.emit("identifier", "alice", namespace="/rm", callback=True)
     assert reply == {"ok": False, "error": "unavailable"}
+    assert time.monotonic() - started >= 0.5
 
 
 def test_identify_reply_and_refusal(app):
-    # No listener runs in this app (start=False): stand in for its subscription.
-    app.extensions["redmessenger"].listener.subscribed = True
+    # No listener runs in this app (start=False): stand in for its subscription and view.
+    service = app.extensions["redmessenger"]
+    service.listener.subscribed = True
+    service.dispatcher.view.synced = True
     socketio = app.extensions["socketio"]
     client = socketio.test_client(app, namespace="/rm")
     assert client.emit("identifier", "alice", namespace="/rm", callback=True) == {"ok": True, "uid": "alice"}

@@ -41,13 +41,14 @@ class ServerProcess:
     """`python -m rm_flask` (or gunicorn) in a child process, on a port of its own."""
 
     def __init__(self, redis_port: int, log_dir: Path, gunicorn: bool = False, workers: int = 1,
-                 **config: Any) -> None:
+                 root: Path = ROOT, **config: Any) -> None:
         self.port = config.pop("ws_port", None) or free_port()
         self.redis_port = redis_port
         self.config = {"log_level": "info", "identify_timeout": 10, **config}
         self.log_path = log_dir / f"server-{self.port}.log"
         self.gunicorn = gunicorn
         self.workers = workers  # gunicorn -w: that many RedMessenger processes on one port
+        self.root = root  # the folder it runs in (and imports rm_flask from)
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
 
@@ -73,7 +74,7 @@ class ServerProcess:
             cmd = [sys.executable, "-m", "rm_flask", "--host", "127.0.0.1"]
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            cmd, cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+            cmd, cwd=self.root, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
         log.close()
@@ -120,6 +121,18 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def checkout_without_npm(folder: Path) -> Path:
+    """The repository's server files in `folder`, as `pip install -r requirements.txt` and
+    a copy of the code leave them: no node_modules, and no package in the venv to fall back on."""
+    import shutil
+
+    for name in ("rm_flask", "templates", "static"):
+        shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("wsgi.py", "gunicorn.conf.py", "config.json"):
+        shutil.copy(ROOT / name, folder / name)
+    return folder
 
 
 def start_redis(data_dir: Path, port: int | None = None, persist: bool = False,
