@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from tests.support.processes import wait_until
 
 
@@ -199,8 +197,6 @@ def test_an_ack_mode_message_is_in_flight_in_redis_before_the_tab_gets_it(server
     wait_until(lambda: r.zcard(inflight) == 0, 5, "every acknowledged message to leave in-flight")
 
 
-@pytest.mark.xfail(reason="issue #16 item 5: identifying again with ack: true is answered ok and ignored",
-                   strict=False)
 def test_identifying_again_with_ack_true_switches_the_socket_to_ack_mode(server, clients, r, uid):
     """SPEC §4: a second identify with another `ack` mode switches the socket to it. In
     ack mode a message the tab has not acknowledged goes back to the queue when it drops."""

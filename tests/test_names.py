@@ -27,7 +27,6 @@ def test_invalid_ids(bad):
     assert not names.valid_id(bad)
 
 
-@pytest.mark.xfail(reason="issue #16 item 3: names.valid_id accepts lone surrogates", strict=False)
 @given(spec.any_text(max_size=300))
 def test_valid_id_is_specs_rule(value):
     """SPEC §4, written out independently in tests/support/spec.py, over any text at all,
@@ -35,7 +34,6 @@ def test_valid_id_is_specs_rule(value):
     assert names.valid_id(value) == spec.valid_uid(value)
 
 
-@pytest.mark.xfail(reason="issue #16 item 3: names.valid_id accepts lone surrogates", strict=False)
 @pytest.mark.parametrize("lone", ["x\ud800", "\udfff", "a\udc80b"])
 def test_a_uid_that_utf8_cannot_encode_is_invalid(lone):
     assert not names.valid_id(lone)
