@@ -244,8 +244,6 @@ def test_200_ack_clients_churning_during_20000_messages(make_server, proxy_to, r
 KILL_WINDOW = 1.0
 
 
-@pytest.mark.xfail(reason="issue #16 item 1: a server started into traffic loses messages read before its "
-                          "own `up` (1 and 19 lost after the restart, 2 runs of 5)", strict=False)
 def test_kill_9_during_heavy_delivery_then_restart(make_server, r, summary):
     """A server is killed under a 3,000 msg/s stream to 50 ack-mode clients, then started
     again. Owed is counted from the outside (every PUBLISH answered with a subscriber), not
