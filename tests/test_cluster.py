@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.support.accounting import Stream, account
+from tests.support.accounting import QueueSampler, Stream, account_tabs
 from tests.support.clients import RMClient
 from tests.support.cluster import (
     MixedStream,
@@ -30,6 +30,7 @@ from tests.support.cluster import (
     wait_processed,
 )
 from tests.support.processes import wait_until
+from tests.support.proxy import Proxy
 
 
 def ack(uid: str) -> dict:
@@ -49,7 +50,7 @@ def wait_quiet(tabs, quiet: float = 1.0, timeout: float = 15) -> None:
     wait_until(still, timeout, f"{quiet}s without a message")
 
 
-def test_offline_user_is_queued_once_by_three_servers(make_server, r, uid):
+def test_offline_user_is_queued_once_by_three_servers(make_server, r, uid, summary):
     """All three servers see each PUBLISH; the queue gets each one once, in order."""
     servers = start_servers(make_server, 3)
     before = received(servers)
@@ -62,6 +63,8 @@ def test_offline_user_is_queued_once_by_three_servers(make_server, r, uid):
     print(f"3 servers, 500 PUBLISHes to an offline user: {len(queue)} queued, "
           f"{len({e['id'] for e in queue})} distinct ids, "
           f"{len({e['payload'] for e in queue})} distinct payloads")
+    summary(sent=500, queued=len(queue), distinct_ids=len({e["id"] for e in queue}),
+            in_order=[e["payload"] for e in queue] == payloads)
     assert len(queue) == 500, f"{len(queue)} envelopes queued for 500 PUBLISHes"
     assert len({e["id"] for e in queue}) == 500
     assert [e["payload"] for e in queue] == payloads
@@ -173,8 +176,8 @@ def patient_tabs():
 
     def make(url: str, uid: str) -> RMClient:
         tab = RMClient(url)
-        tab.sio.eio.request_timeout = 30  # the WebSocket handshake's (5 s by default)
         made.append(tab)
+        tab.sio.eio.request_timeout = 30  # the WebSocket handshake's (5 s by default)
         tab.connect(timeout=30)
         reply = tab.identify(ack(uid), timeout=30)
         assert reply == {"ok": True, "uid": uid}, reply
@@ -199,8 +202,8 @@ def explain(stream, tabs_by_uid, r, counts, t0: float) -> str:
                for i, t in enumerate(tabs_by_uid[u]) if p in t.payloads()]
         return f"{p.split(':')[0]} (published {stream.sent_at[p] - t0:.2f}s, {got[0] if got else 'nowhere'})"
 
-    lines = [f"{u} ({len(tabs_by_uid[u])} tabs): got {where(u, a)} before {where(u, b)}"
-             for u, a, b in counts.get("out_of_order_examples", [])[:3]]
+    lines = [f"{u} ({len(tabs_by_uid[u])} tabs): got {where(u, p)} late"
+             for u, p, *_ in counts.get("examples", {}).get("out_of_order", [])[:3]]
     for u in stream.uids:
         got = {p for t in tabs_by_uid[u] for p in t.payloads()}
         queued = {e["payload"] for e in queued_envelopes(r, u)}
@@ -209,18 +212,50 @@ def explain(stream, tabs_by_uid, r, counts, t0: float) -> str:
     return "; ".join(lines[:8])
 
 
+# README and docs/cluster.md, "Late after a reconnect": a tab that drops without a
+# goodbye and reconnects to another process before the first one noticed can get the old
+# tab's unacknowledged messages after newer ones: "0 to 4 of 34,151 deliveries".
+LATE_CLAIMED = 4
+
+
 @pytest.mark.slow
-def test_300_ack_clients_churning_over_3_servers_during_20000_messages(make_server, patient_tabs, r, uid):
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("vanishing", [
+    pytest.param(False, id="closed"),
+    pytest.param(True, id="closed-and-vanished", marks=pytest.mark.xfail(
+        reason="issue #10 items 2, 6: a user's vanished tab, not yet noticed, on one process and its new tab "
+               "on another: 0-52 lost (5 runs of 7), up to 13 left in flight or 1,420 left queued for users "
+               "online, queues holding a message twice, 139-618 late",
+        strict=False)),
+])
+def test_300_ack_clients_churning_over_3_servers_during_20000_messages(make_server, patient_tabs, proxy_to, r,
+                                                                       uid, summary, vanishing):
     """Like the single-server churn test of test_faults, over three servers and with
-    group messages: every message owed is received, or queued once; none lost or late."""
-    servers = start_servers(make_server, 3, log_level="warning")
+    group messages: every message owed is received, or queued once; none lost; no queue
+    ever holds a message twice; late only as the README allows.
+
+    Drops, half each: a goodbye and a bare FIN (the README's "abrupt"). With `vanishing`,
+    a third of the tabs come through a proxy in front of their server, and those drop by
+    vanishing instead: the proxy stops forwarding; noticed by pings alone."""
+    servers = start_servers(make_server, 3, log_level="warning", ping_interval=2, ping_timeout=3)
+    proxies = {s.url: proxy_to(s) for s in servers}
     rng = random.Random(7)
     uids = [f"{uid}-{i}" for i in range(300)]
     groups = {f"{uid}-g{j}": rng.sample(uids, rng.randint(3, 6)) for j in range(30)}
     for cid, members in groups.items():
         r.sadd(f"rm:channels:{cid}:subscribers", *members)
+    through: dict[int, Proxy] = {}  # id() of a tab that came through a proxy -> that proxy
+
+    def open_tab(url: str, u: str, rng: random.Random) -> RMClient:
+        # A third of the tabs come through their server's proxy: those can vanish.
+        if vanishing and rng.random() < 1 / 3:
+            tab = patient_tabs(proxies[url].url, u)
+            through[id(tab)] = proxies[url]
+            return tab
+        return patient_tabs(url, u)
+
     with ThreadPoolExecutor(8) as pool:
-        first = list(pool.map(lambda i: patient_tabs(servers[i % 3].url, uids[i]), range(300)))
+        first = list(pool.map(lambda i: open_tab(servers[i % 3].url, uids[i], random.Random(i)), range(300)))
     tabs_by_uid = {u: [t] for u, t in zip(uids, first, strict=True)}
     live = dict(zip(uids, first, strict=True))
     stream = MixedStream(r, uids, groups=groups, group_share=0.2)
@@ -228,19 +263,21 @@ def test_300_ack_clients_churning_over_3_servers_during_20000_messages(make_serv
     started = time.monotonic()
     stop = threading.Event()  # set when a churner fails: then everything stops
     publisher = threading.Thread(target=stream.publish, args=(20_000, 2000), kwargs={"stop": stop})
-    publisher.start()
     drops: Counter[str] = Counter()
     lock = threading.Lock()
 
     def churn(mine: list[str], seed: int) -> None:
-        """Random drops (half of them abrupt) and comebacks, to any server, of `mine`."""
+        """Random drops (a goodbye, a FIN, or vanishing) and comebacks, to any server, of `mine`."""
         rng = random.Random(seed)
         try:
             while publisher.is_alive() and not stop.is_set():
                 u = rng.choice(mine)
                 tab = live.pop(u, None)
                 if tab is not None:
-                    if rng.random() < 0.5:
+                    if id(tab) in through:
+                        tab.vanish(through[id(tab)])
+                        how = "vanished"
+                    elif rng.random() < 0.5:
                         tab.drop()
                         how = "abrupt"
                     else:
@@ -249,7 +286,7 @@ def test_300_ack_clients_churning_over_3_servers_during_20000_messages(make_serv
                     with lock:
                         drops[how] += 1
                 if rng.random() < 0.8 or tab is None:
-                    new = patient_tabs(rng.choice(servers).url, u)
+                    new = open_tab(rng.choice(servers).url, u, rng)
                     tabs_by_uid[u].append(new)
                     live[u] = new
                 time.sleep(0.01)
@@ -257,57 +294,61 @@ def test_300_ack_clients_churning_over_3_servers_during_20000_messages(make_serv
             stop.set()
             raise
 
+    sampler = QueueSampler(r, uids)
     try:
-        with ThreadPoolExecutor(4) as pool:  # four churners, each with users of its own
-            for churner in [pool.submit(churn, uids[k::4], k) for k in range(4)]:
-                churner.result()
+        with sampler:
+            publisher.start()
+            with ThreadPoolExecutor(4) as pool:  # four churners, each with users of its own
+                for churner in [pool.submit(churn, uids[k::4], k) for k in range(4)]:
+                    churner.result()
+            stop.set()  # the publisher is done by now, unless a churner failed
+            publisher.join()
+            wait_processed(r, servers, before, stream.publishes, barrier_uid=f"{uid}-barrier", timeout=60)
+            offline = len(uids) - len(live)
+            queued_at_end = sum(len(queued_envelopes(r, u)) for u in uids)
+
+            comeback = time.monotonic()
+            for u in uids:  # everyone comes back once, to any server, and drains
+                if u not in live:
+                    live[u] = open_tab(rng.choice(servers).url, u, rng)
+                    tabs_by_uid[u].append(live[u])
+            owed = stream.sent
+
+            def all_there() -> bool:
+                return sum(len(set(v)) for v in received_by_uid(tabs_by_uid).values()) >= owed
+
+            try:
+                wait_until(all_there, 60, f"{owed} distinct deliveries")
+            except AssertionError:
+                pass  # counted below
+            drained_in = time.monotonic() - comeback
+        counts = account_tabs(stream, tabs_by_uid, r)
+        in_flight = sum(r.zcard(k) for k in r.scan_iter("rm:inflight:*:*"))
     finally:
-        stop.set()  # the publisher is done by now, unless a churner failed
+        stop.set()
         publisher.join()
-    # Each message is queued at most once: with every server done routing the stream,
-    # no queue holds an id, or a payload (each PUBLISH's is unique), twice.
-    wait_processed(r, servers, before, stream.publishes, barrier_uid=f"{uid}-barrier", timeout=60)
-    twice = queued_twice(r, uids)
-    offline = len(uids) - len(live)
-    print(f"before the final reconnect: {offline} users offline, "
-          f"{sum(len(queued_envelopes(r, u)) for u in uids)} queued, {len(twice)} queues holding a "
-          f"message twice (uid: length, ids twice, payloads twice), e.g. {dict(list(twice.items())[:3])}")
-    assert not twice, f"{len(twice)} queues hold a message more than once"
-
-    comeback = time.monotonic()
-    for u in uids:  # everyone comes back once, to any server, and drains
-        if u not in live:
-            live[u] = patient_tabs(rng.choice(servers).url, u)
-            tabs_by_uid[u].append(live[u])
-    owed = stream.sent
-
-    def all_there() -> bool:
-        return sum(len(set(v)) for v in received_by_uid(tabs_by_uid).values()) >= owed
-
-    try:
-        wait_until(all_there, 60, f"{owed} distinct deliveries")
-        print(f"all delivered {time.monotonic() - comeback:.1f}s after the final reconnect began")
-    finally:
-        counts = account(stream, received_by_uid(tabs_by_uid), r)
-        print(f"cluster churn: sent {stream.publishes} in {stream.elapsed:.1f}s, "
-              f"owed {owed}, received {counts['received']}, queued {counts['queued']}, "
-              f"lost {counts['lost']}, dup {counts['duplicated']}, out-of-order {counts['out_of_order']}, "
-              f"drops {drops}, unseen {stream.unseen}, {time.monotonic() - started:.1f}s; "
-              f"at the end {sum(1 for t in live.values() if t.disconnected.is_set())} of the final tabs "
-              f"disconnected, {sum(1 for u in uids if r.llen(f'rm:users:{u}:messages'))} users with a "
-              f"queue left.", explain(stream, tabs_by_uid, r, counts, started))
+    queues = sampler.figures()
+    summary(**{k: v for k, v in counts.items() if k != "examples"}, owed=owed, publishes=stream.publishes,
+            drops=dict(drops), offline_before_comeback=offline, queued_before_comeback=queued_at_end,
+            drained_in_s=round(drained_in, 1), in_flight_at_end=in_flight, **queues)
+    print(f"cluster churn: sent {stream.publishes} in {stream.elapsed:.1f}s, owed {owed}, {counts}, "
+          f"drops {dict(drops)}, {queues}, queue twice at {sampler.twice[:5]}, out of order at "
+          f"{sampler.disordered[:5]}; drained {drained_in:.1f}s after the final reconnect began, "
+          f"{time.monotonic() - started:.1f}s in all.", explain(stream, tabs_by_uid, r, counts, started))
     assert counts["lost"] == 0
     assert counts["received"] == owed
-    # Order breaks in one known case only (docs/cluster.md, "Late after a reconnect"): a
-    # tab dropped without a goodbye reconnects to another process before the first one
-    # noticed, and gets the old tab's unacknowledged messages, given back, after newer
-    # ones. A few per run; an ordering bug would show hundreds.
-    assert counts["out_of_order"] <= max(10, owed // 2000), counts.get("out_of_order_examples")
+    assert queues["queues_holding_a_message_twice"] == 0, "no queue ever held a message twice"
+    assert queues["queues_out_of_order"] == 0
+    assert counts["two_ids"] == 0, "a re-delivery keeps the message's id"
+    assert counts["out_of_order"] <= LATE_CLAIMED, counts["examples"].get("out_of_order")
 
 
 @pytest.mark.slow
-def test_kill_9_one_of_3_servers_mid_stream(make_server, clients, r, uid):
-    """B dies; its users reconnect to A or C; nothing published while servers listened is lost."""
+def test_kill_9_one_of_3_servers_mid_stream(make_server, clients, r, uid, summary):
+    """B dies; its users reconnect to A or C. README: they "got every message, 0 lost, 0 out
+    of order", and a survivor merged B's work "into the queues in order": every message
+    published with a subscriber arrives, each user's first copies in publish order, and
+    no queue is ever out of order or holds a message twice meanwhile."""
     servers = start_servers(make_server, 3, log_level="warning")
     a, b, c = servers
     rng = random.Random(3)
@@ -317,44 +358,54 @@ def test_kill_9_one_of_3_servers_mid_stream(make_server, clients, r, uid):
     stream = Stream(r, uids)
     stop = threading.Event()
     publisher = threading.Thread(target=stream.publish, args=(1_000_000, 1000), kwargs={"stop": stop})
-    publisher.start()
     back_at: dict[str, float] = {}
-    try:
-        wait_until(lambda: stream.sent >= 2000, 20, "2,000 messages before the kill")
-        killed = time.monotonic()
-        b.kill()
-        sent_at_kill = stream.sent
-        for u in on_b:  # each of B's tabs notices, and its user comes back on A or C
-            assert tabs_by_uid[u][0].disconnected.wait(10), f"{u}'s tab on B did not notice B die"
-            tabs_by_uid[u].append(clients(rng.choice([a, c]).url, ack(u)))
-            back_at[u] = time.monotonic()
-        reconnected = time.monotonic() - killed
-        wait_until(lambda: stream.sent >= sent_at_kill + 2000, 20, "2,000 messages after the kill")
-    finally:
-        stop.set()
-        publisher.join(10)
+    sampler = QueueSampler(r, uids, interval=0.05)
+    with sampler:
+        publisher.start()
+        try:
+            wait_until(lambda: stream.sent >= 2000, 20, "2,000 messages before the kill")
+            killed = time.monotonic()
+            b.kill()
+            sent_at_kill = stream.sent
+            for u in on_b:  # each of B's tabs notices, and its user comes back on A or C
+                assert tabs_by_uid[u][0].disconnected.wait(10), f"{u}'s tab on B did not notice B die"
+                tabs_by_uid[u].append(clients(rng.choice([a, c]).url, ack(u)))
+                back_at[u] = time.monotonic()
+            reconnected = time.monotonic() - killed
+            wait_until(lambda: stream.sent >= sent_at_kill + 2000, 20, "2,000 messages after the kill")
+        finally:
+            stop.set()
+            publisher.join(10)
+        all_tabs = [t for tabs in tabs_by_uid.values() for t in tabs]
+
+        def missing() -> dict[str, set[str]]:
+            got = {u: set(ps) for u, ps in received_by_uid(tabs_by_uid).items()}
+            return {u: set(stream.owed[u]) - got[u] for u in uids}
+
+        try:
+            wait_until(lambda: not any(missing().values()), 40, "every owed message to be received")
+            wait_quiet(all_tabs)
+        except AssertionError:
+            pass  # counted below
     away = {u: [p for p in stream.owed[u] if killed <= stream.sent_at[p] < back_at[u]] for u in on_b}
-    all_tabs = [t for tabs in tabs_by_uid.values() for t in tabs]
-
-    def missing() -> dict[str, set[str]]:
-        got = {u: set(ps) for u, ps in received_by_uid(tabs_by_uid).items()}
-        return {u: set(stream.owed[u]) - got[u] for u in uids}
-
-    try:
-        wait_until(lambda: not any(missing().values()), 40, "every owed message to be received")
-        wait_quiet(all_tabs)
-    finally:
-        gone = missing()
-        lost = sum(len(v) for v in gone.values())
-        away_missing = sum(1 for u, ps in away.items() for p in ps if p in gone[u])
-        counts = account(stream, received_by_uid(tabs_by_uid), r)
-        print(f"kill -9 of 1 of 3: sent {stream.sent}, received {counts['received']}, lost {lost} "
-              f"(of them on B's users {sum(len(gone[u]) for u in on_b)}), "
-              f"published while B's users were away {sum(map(len, away.values()))} (missing {away_missing}), "
-              f"dup {counts['duplicated']}, out-of-order {counts['out_of_order']}, "
-              f"still queued {counts['queued']}, unseen {stream.unseen}, "
-              f"all of B's users back {reconnected:.2f}s after the kill.",
-              explain(stream, tabs_by_uid, r, counts, killed))
-    assert lost == 0
+    gone = missing()
+    counts = account_tabs(stream, tabs_by_uid, r)
+    away_missing = sum(1 for u, ps in away.items() for p in ps if p in gone[u])
+    on_b_dup = account_tabs(Stream(r, on_b, owed={u: stream.owed[u] for u in on_b}),
+                            {u: tabs_by_uid[u] for u in on_b}, r)["duplicated"]
+    queues = sampler.figures()
+    summary(**{k: v for k, v in counts.items() if k != "examples"}, not_received=sum(map(len, gone.values())),
+            duplicated_on_b_users=on_b_dup, away=sum(map(len, away.values())), away_missing=away_missing,
+            reconnected_s=round(reconnected, 2), **queues)
+    print(f"kill -9 of 1 of 3: sent {stream.sent}, {counts}, not received {sum(map(len, gone.values()))} "
+          f"(of them on B's users {sum(len(gone[u]) for u in on_b)}), published while B's users were away "
+          f"{sum(map(len, away.values()))} (missing {away_missing}), duplicates on B's users {on_b_dup}, "
+          f"{queues}, all of B's users back {reconnected:.2f}s after the kill.",
+          explain(stream, tabs_by_uid, r, counts, killed))
+    assert counts["lost"] == 0 and not any(gone.values()), "every owed message received"
     assert sum(map(len, away.values())) > 0, "some messages were published while B's users were away"
     assert away_missing == 0
+    assert counts["out_of_order"] == 0, counts["examples"].get("out_of_order")
+    assert queues["queues_out_of_order"] == 0 and queues["queues_holding_a_message_twice"] == 0, (
+        "merged into the queues in order, each id once")
+    assert counts["two_ids"] == 0, "a re-delivery keeps the message's id"

@@ -65,14 +65,14 @@ def test_bubble_follows_the_oldest_open_socket(server, clients, r, uid):
 
 
 def test_group_message_reaches_online_and_offline_members(server, clients, r, uid):
-    online, offline = f"{uid}-on", f"{uid}-off"
-    r.sadd("rm:channels:cats:subscribers", online, offline)
+    online, offline, cats = f"{uid}-on", f"{uid}-off", f"{uid}-cats"
+    r.sadd(f"rm:channels:{cats}:subscribers", online, offline)
     tab = clients(server.url, online)
-    r.publish("rm.channels.cats", "Meow!")
-    r.publish("rm.groups.cats", "Purr")  # the seed's alias
+    r.publish(f"rm.channels.{cats}", "Meow!")
+    r.publish(f"rm.groups.{cats}", "Purr")  # the seed's alias
     tab.wait_for(2)
     assert tab.payloads() == ["Meow!", "Purr"]
-    assert [m["source"] for m in tab.messages] == ["rm.channels.cats", "rm.groups.cats"]
+    assert [m["source"] for m in tab.messages] == [f"rm.channels.{cats}", f"rm.groups.{cats}"]
     wait_until(lambda: r.llen(f"rm:users:{offline}:messages") == 2, 5, "the offline member's queue")
     later = clients(server.url, offline)
     later.wait_for(2)
@@ -164,3 +164,52 @@ def test_burst_of_large_payloads_keeps_the_subscription(server, clients, r, uid)
     tab.wait_for(40)
     assert tab.payloads() == payloads
     assert "Lost the Redis subscription" not in server.log()
+
+
+def test_each_append_refreshes_the_queues_ttl(server, r, uid):
+    """SPEC §5 rule 2: the TTL is set on every append, so a queue lives `queue_expiry`
+    after its last append, not after its first."""
+    key = f"rm:users:{uid}:messages"
+    assert r.publish(f"rm.users.{uid}", "first") == 1
+    wait_until(lambda: r.llen(key) == 1, 5, "the first message queued")
+    r.expire(key, 30)  # as if most of its week had gone by
+    assert r.publish(f"rm.users.{uid}", "second") == 1
+    wait_until(lambda: r.llen(key) == 2, 5, "the second message queued")
+    ttl = r.ttl(key)
+    assert 604800 - 60 < ttl <= 604800, f"TTL {ttl}s after an append: not refreshed to queue_expiry"
+
+
+def test_an_ack_mode_message_is_in_flight_in_redis_before_the_tab_gets_it(server, clients, r, uid):
+    """README: in ack mode a live message is recorded in flight before it is written. Each
+    time a message arrives, before the tab acknowledges it, Redis already holds it in the
+    server's in-flight set for that user; once acknowledged it leaves."""
+    server_id = server.health()[1]["server"]
+    inflight = f"rm:inflight:{server_id}:{uid}"
+    seen_in_flight: list[bool] = []
+    tab = clients(server.url, {"uid": uid, "ack": True})
+    tab.on_arrival = lambda envelope: seen_in_flight.append(
+        any(json.loads(raw)["id"] == envelope["id"] for raw in r.zrange(inflight, 0, -1)))
+    for i in range(50):
+        r.publish(f"rm.users.{uid}", f"m{i}")
+    tab.wait_for(50)
+    print(f"in flight before written: {sum(seen_in_flight)} of {len(seen_in_flight)}")
+    assert seen_in_flight == [True] * 50
+    wait_until(lambda: r.zcard(inflight) == 0, 5, "every acknowledged message to leave in-flight")
+
+
+def test_identifying_again_with_ack_true_switches_the_socket_to_ack_mode(server, clients, r, uid):
+    """SPEC §4: a second identify with another `ack` mode switches the socket to it. In
+    ack mode a message the tab has not acknowledged goes back to the queue when it drops."""
+    tab = clients(server.url, uid, auto_ack=False)
+    assert tab.identify({"uid": uid, "ack": True}) == {"ok": True, "uid": uid}
+    payloads = [f"held {i}" for i in range(5)]
+    for p in payloads:
+        r.publish(f"rm.users.{uid}", p)
+    tab.wait_for(5)
+    tab.drop()
+    key = f"rm:users:{uid}:messages"
+    try:
+        wait_until(lambda: r.llen(key) == 5, 5, "the 5 unacknowledged messages back in the queue")
+    finally:
+        print(f"re-identified with ack: true, 5 held unacknowledged, dropped: {r.llen(key)} given back")
+    assert [json.loads(m)["payload"] for m in r.lrange(key, 0, -1)] == payloads

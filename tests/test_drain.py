@@ -35,7 +35,7 @@ def account(expected: list[str], received: list[str], still_queued: list[str]) -
     }
 
 
-def test_drain_race_600_in_order_20_rounds(server, clients, r, uid):
+def test_drain_race_600_in_order_20_rounds(server, clients, r, uid, summary):
     """300 queued, 300 more published while the client identifies: all 600, once, in order."""
     report = []
     for round_ in range(20):
@@ -62,11 +62,15 @@ def test_drain_race_600_in_order_20_rounds(server, clients, r, uid):
         tab.wait_for(600, timeout=20)
         got = tab.payloads()
         counts = account(first + later, got, queued(r, user))
+        counts["in_order"] = got == first + later
         report.append(counts)
         assert counts["lost"] == 0 and counts["duplicated"] == 0, counts
         assert got == first + later, "out of order"
         tab.close()
     print("drain race:", report[0], "x", len(report))
+    summary(rounds=len(report), per_round=report[0]["sent"], received=[c["received"] for c in report],
+            lost=sum(c["lost"] for c in report), duplicated=sum(c["duplicated"] for c in report),
+            rounds_in_order=sum(c["in_order"] for c in report))
 
 
 def test_two_tabs_identifying_together_each_get_queue_once(server, clients, r, uid):
@@ -99,24 +103,25 @@ def server_id(server) -> str:
     return server.health()[1]["server"]
 
 
-def stall_after_10_of_1000(server, clients, r, uid):
-    """Queue 1,000, then identify a tab that acknowledges only the first 10."""
+def stall_after_10_of_1000(server, clients, r, uid, url=None):
+    """Queue 1,000, then identify a tab (at `url`: the server's own by default) that
+    acknowledges only the first 10."""
     expected = [f"m{i:04d}" for i in range(1000)]
     publish_all(r, f"rm.users.{uid}", expected)
     wait_until(lambda: r.llen(f"rm:users:{uid}:messages") == 1000, 10, "1000 queued")
-    stalling = clients(server.url, {"uid": uid, "ack": True}, ack_limit=10)
+    stalling = clients(url or server.url, {"uid": uid, "ack": True}, ack_limit=10)
     stalling.wait_for(11)  # it has more than it acknowledged: the drain is mid-batch
     return expected, stalling
 
 
-def test_ack_client_dropping_after_10_of_1000_loses_nothing(server, clients, r, uid):
+def test_ack_client_dropping_after_10_of_1000_loses_nothing(server, clients, r, uid, summary):
     expected, stalling = stall_after_10_of_1000(server, clients, r, uid)
     stalling.drop()
     # What it acknowledged is gone from Redis; the rest went back to the head, in order.
     wait_until(lambda: r.llen(f"rm:users:{uid}:messages") == 990, 10, "990 recommitted")
     assert queued(r, uid) == expected[10:]
     assert "recommitting" in server.log()
-    comes_back_for_the_990(server, clients, r, uid, expected, stalling, "ack drop")
+    summary(**comes_back_for_the_990(server, clients, r, uid, expected, stalling, "ack drop"))
 
 
 def comes_back_for_the_990(server, clients, r, uid, expected, stalling, what):
@@ -124,7 +129,14 @@ def comes_back_for_the_990(server, clients, r, uid, expected, stalling, what):
     tab = clients(server.url, {"uid": uid, "ack": True})
     tab.wait_for(990)
     counts = account(expected, stalling.payloads()[:10] + tab.payloads(), queued(r, uid))
-    print(f"{what}:", counts)
+    first_ids = {m["payload"]: m["id"] for m in stalling.messages}
+    again = [m for m in tab.messages if m["payload"] in first_ids]
+    changed = [m["payload"] for m in again if m["id"] != first_ids[m["payload"]]]
+    print(f"{what}:", counts, f"{len(again)} sent again (the stalled tab had them unacknowledged), "
+          f"{len(changed)} with another id")
     assert counts["lost"] == 0 and counts["duplicated"] == 0
     assert tab.payloads() == expected[10:]
+    assert again and not changed, "a re-delivery keeps the message's id"
+    return {**counts, "acknowledged_before": 10, "received_after": len(tab.messages),
+            "sent_again": len(again), "two_ids": len(changed), "in_order": tab.payloads() == expected[10:]}
 

@@ -15,12 +15,12 @@ from collections import Counter
 from typing import Any
 
 import websocket
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from rm_flask.names import valid_id
 from tests.support.clients import RMClient
 from tests.support.processes import wait_until
+from tests.support.spec import any_text, valid_uid
 
 # The server refuses identifier strings longer than this, and keys longer than MAX_KEY,
 # before looking any further (rm_flask/events.py).
@@ -107,15 +107,17 @@ def expected_uid(identifier: Any) -> str | None:
         return None
     if key_or_none is not None and len(key_or_none) > MAX_KEY:
         return None
-    return uid if valid_id(uid) else None
+    return uid if valid_uid(uid) else None
 
 
-# Any text at all: control characters, surrogate-free unicode of every plane, ':' and spaces.
-_text = st.text(max_size=300)
+# Any text at all: control characters, unicode of every plane, lone surrogates (which JSON
+# carries as "\ud800" and no UTF-8 can hold), ':' and spaces.
+_text = any_text(max_size=300)
 _uid_like = st.one_of(
     _text,
-    st.text(st.characters(blacklist_categories=("Cc", "Zs", "Zl", "Zp", "Cs"), blacklist_characters=":"),
-            min_size=1, max_size=260),
+    # Nearly valid: only a stray surrogate, if any, stands between it and a good uid.
+    any_text(st.characters(codec=None, exclude_categories=("Cc", "Zs", "Zl", "Zp"), exclude_characters=":")
+             | st.characters(codec=None, categories=["Cs"]), min_size=1, max_size=260),
 )
 _json_scalar = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), _text,
@@ -144,12 +146,18 @@ def test_any_identifier_is_answered_and_the_server_keeps_serving(make_server, r,
     assert bystander.identify({"uid": uid, "ack": True}) == {"ok": True, "uid": uid}
     tally = Counter()
 
-    @PROPERTY
+    # No shrinking: each example is a connection to a real server, and a failing one may
+    # have broken the server for the next (a socket it never answers costs the timeout),
+    # so shrinking could take minutes; the first failing example is reported as drawn.
+    # (test_names.py pins the uid rule itself down, with shrinking.)
+    @settings(PROPERTY, phases=[Phase.explicit, Phase.reuse, Phase.generate])
     @given(identifier=IDENTIFIERS)
     def check(identifier: Any) -> None:
         assert len(json.dumps(identifier)) < MAX_PACKET - 100  # the strategies stay under it
-        want = expected_uid(identifier)
-        client = RawClient(server.url)
+        # What the server decodes: JSON joins a high and a low surrogate written side by
+        # side ("\ud800\udc00") into one character (U+10000), a valid uid.
+        want = expected_uid(json.loads(json.dumps(identifier)))
+        client = RawClient(server.url, timeout=5)
         try:
             reply = client.identify(identifier)
         finally:

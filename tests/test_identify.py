@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import shared_server
 from tests.support.processes import wait_until
 
 HOSTILE = [
@@ -27,11 +28,8 @@ HOSTILE = [
 
 @pytest.fixture(scope="module")
 def secure(redis_server, logs_dir):
-    from tests.support.processes import ServerProcess
-
-    proc = ServerProcess(redis_server.port, logs_dir, secure_mode=True).start()
-    yield proc
-    proc.stop()
+    with shared_server(redis_server, logs_dir, secure_mode=True) as proc:
+        yield proc
 
 
 @pytest.mark.parametrize("identifier", HOSTILE, ids=lambda v: repr(v)[:20])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from tests.support.processes import wait_until
 
@@ -90,3 +91,41 @@ def test_tab_that_never_acknowledges_is_closed_after_ack_timeout(make_server, cl
     wait_until(lambda: r.llen(key) == 5, 5, "the 5 unacknowledged messages back in the queue")
     assert [json.loads(m)["payload"] for m in r.lrange(key, 0, -1)] == [f"m{i}" for i in range(5)]
     assert "did not acknowledge within" in server.log()
+
+
+def test_a_drain_goes_in_batches_of_drain_batch_each_waiting_for_acks(make_server, clients, r, uid, summary):
+    """README: a backlog arrives in batches of `drain_batch`; in ack mode, after a full
+    batch the next one waits for its acks. A tab that acknowledges 15 of a 50-message
+    queue, drain_batch 10: it gets the first batch (10, all acknowledged), then the second
+    (10, 5 acknowledged), and nothing more; without acks it would get all 50 at once."""
+    server = make_server(drain_batch=10, ack_timeout=30, log_level="warning")
+    payloads = [f"m{i:02d}" for i in range(50)]
+    for who in (uid, f"{uid}-plain"):
+        for p in payloads:
+            r.publish(f"rm.users.{who}", p)
+    key = f"rm:users:{uid}:messages"
+    wait_until(lambda: r.llen(key) == r.llen(f"rm:users:{uid}-plain:messages") == 50, 5, "50 queued, twice")
+    tab = clients(server.url, {"uid": uid, "ack": True}, ack_limit=15)
+    tab.wait_for(20)
+
+    def settled(count: int, quiet: float = 1.0) -> bool:
+        """Still `count` received after `quiet` seconds."""
+        deadline = time.monotonic() + quiet
+        while time.monotonic() < deadline:
+            if len(tab.messages) != count:
+                return False
+            time.sleep(0.05)
+        return True
+
+    stalled = settled(20)
+    got = tab.payloads()
+    left = r.llen(key)
+    plain = clients(server.url, {"uid": f"{uid}-plain", "ack": False})  # the same, without acks
+    plain.wait_for(50)
+    summary(queued=50, drain_batch=10, acknowledged=tab.acked, received=len(got), left_in_queue=left,
+            no_ack_received=len(plain.messages))
+    print(f"drain_batch 10, 15 acks of 50: received {len(got)}, {left} left in the queue")
+    assert stalled, f"received {len(tab.messages)}: a batch went out before the one before was acknowledged"
+    assert got == payloads[:20]
+    assert left == 30, "the batches not yet sent stay in the queue"
+    assert plain.payloads() == payloads

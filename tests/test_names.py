@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
 
 from rm_flask import names
+from tests.support import spec
 
 
 def test_names_are_the_seeds():
@@ -23,6 +25,18 @@ def test_valid_ids(good):
                                  None, 5, ["a"], "a\u2028b"])
 def test_invalid_ids(bad):
     assert not names.valid_id(bad)
+
+
+@given(spec.any_text(max_size=300))
+def test_valid_id_is_specs_rule(value):
+    """SPEC §4, written out independently in tests/support/spec.py, over any text at all,
+    lone surrogates included."""
+    assert names.valid_id(value) == spec.valid_uid(value)
+
+
+@pytest.mark.parametrize("lone", ["x\ud800", "\udfff", "a\udc80b"])
+def test_a_uid_that_utf8_cannot_encode_is_invalid(lone):
+    assert not names.valid_id(lone)
 
 
 def test_parse_channel():

@@ -6,11 +6,13 @@ fixture: a second server on the same Redis would share the work and blur what ea
 
 from __future__ import annotations
 
+import time
+
 from tests.support.processes import wait_until
 from tests.test_drain import comes_back_for_the_990, stall_after_10_of_1000
 
 
-def test_kill_9_mid_drain_then_restart_loses_nothing(make_server, clients, r, uid):
+def test_kill_9_mid_drain_then_restart_loses_nothing(make_server, clients, r, uid, summary):
     server = make_server()
     expected, stalling = stall_after_10_of_1000(server, clients, r, uid)
 
@@ -25,4 +27,19 @@ def test_kill_9_mid_drain_then_restart_loses_nothing(make_server, clients, r, ui
     server.kill()
     assert in_redis() == 990, "unacknowledged messages stay in Redis (queue or in-flight)"
     server.start()
-    comes_back_for_the_990(server, clients, r, uid, expected, stalling, "kill -9 mid-drain")
+    summary(**comes_back_for_the_990(server, clients, r, uid, expected, stalling, "kill -9 mid-drain"))
+
+
+def test_ack_client_vanishing_mid_drain_loses_nothing(make_server, clients, proxy_to, r, uid, summary):
+    """The tab stalls after 10 of 1,000 and its network vanishes (no FIN): once its pings
+    go unanswered, the 990 it had not acknowledged are back at the head, in order."""
+    server = make_server(ping_interval=1, ping_timeout=1, log_level="warning")
+    proxy = proxy_to(server)
+    expected, stalling = stall_after_10_of_1000(server, clients, r, uid, url=proxy.url)
+    stalling.vanish(proxy)
+    vanished = time.monotonic()
+    wait_until(lambda: r.llen(f"rm:users:{uid}:messages") == 990, 15, "990 recommitted")
+    noticed = time.monotonic() - vanished
+    summary(**comes_back_for_the_990(server, clients, r, uid, expected, stalling, "vanished mid-drain"),
+            given_back_after_s=round(noticed, 2))
+

@@ -117,7 +117,7 @@ def read_rest(ws: websocket.WebSocket, timeout: float) -> tuple[int, bool]:
     return messages, told
 
 
-def test_a_client_that_never_reads_does_not_slow_the_others(make_server, r):
+def test_a_client_that_never_reads_does_not_slow_the_others(make_server, r, summary):
     """The others' p99 latency with the slow client stays within 2x of the run without it.
 
     A floor of 5 ms applies to the run without it: on a shared 2-core machine a p99 of
@@ -155,6 +155,7 @@ def test_a_client_that_never_reads_does_not_slow_the_others(make_server, r):
         "slow_closed": server.metric("rm_sockets_slow_closed_total"),
     }
     print("slow client:", figures)
+    summary(**figures)
     assert queued == owed, "every message for slow is back in its queue, in order, once"
     assert lost == 0 and len(owed) == SMALL // BIG_EVERY
     assert told, "the slow socket was told to disconnect, behind what it had not read"
@@ -264,3 +265,48 @@ def test_half_open_connection_is_noticed_and_its_messages_given_back(make_server
     wait_until(lambda: r.llen("rm:users:ghost:messages") == 20, 10, "its 20 messages back in its queue")
     assert [json.loads(m)["payload"] for m in r.lrange("rm:users:ghost:messages", 0, -1)] == payloads
     print(f"half-open: closed after {waited:.1f}s, 20 sent, 20 back in the queue, 0 lost")
+
+
+def test_a_tab_whose_network_vanishes_is_noticed_by_its_pings_alone(make_server, proxy_to, r, uid, summary):
+    """Through a proxy that stops forwarding (no FIN, no RST): the server cannot tell at
+    once, as it can for a closed socket; it closes the socket once its pings go
+    unanswered (ping_interval + ping_timeout), and gives back what was not acknowledged."""
+    server = make_server(ping_interval=1, ping_timeout=1, log_level="warning")
+    proxy = proxy_to(server)
+    try:
+        control = RMClient(server.url).connect()
+        assert control.identify({"uid": f"{uid}-closed", "ack": True})["ok"]
+        tab = RMClient(proxy.url, auto_ack=False).connect()
+        assert tab.identify({"uid": uid, "ack": True}) == {"ok": True, "uid": uid}
+        payloads = [f"v{i}" for i in range(20)]
+        for p in payloads:
+            r.publish(f"rm.users.{uid}", p)
+        tab.wait_for(20)
+        connections = lambda: server.health()[1]["connections"]  # noqa: E731
+        assert connections() == 2
+
+        control.drop()  # a clean TCP close: seen at once
+        dropped = time.monotonic()
+        wait_until(lambda: connections() == 1, 5, "the closed socket to be noticed")
+        closed_noticed = time.monotonic() - dropped
+
+        tab.vanish(proxy)
+        vanished = time.monotonic()
+        time.sleep(0.3)
+        still_there = connections()  # nothing told the server
+        wait_until(lambda: connections() == 0, 10, "the vanished socket to be noticed")
+        vanish_noticed = time.monotonic() - vanished
+        key = f"rm:users:{uid}:messages"
+        wait_until(lambda: r.llen(key) == 20, 10, "its 20 unacknowledged messages back in its queue")
+        back = [json.loads(m)["payload"] for m in r.lrange(key, 0, -1)]
+    finally:
+        proxy.stop()
+    print(f"vanished without a FIN: noticed after {vanish_noticed:.2f}s (a closed socket after "
+          f"{closed_noticed:.2f}s); 20 held, {len(back)} back in the queue, in order: {back == payloads}")
+    summary(sent=20, held_unacknowledged=20, queued=len(back), lost=len(set(payloads) - set(back)),
+            duplicated=len(back) - len(set(back)), out_of_order=int(back != payloads[:len(back)]),
+            noticed_after_s=round(vanish_noticed, 2), closed_socket_noticed_after_s=round(closed_noticed, 2))
+    assert still_there == 1, "the proxy let the server see the tab go"
+    assert closed_noticed < 1
+    assert 0.5 <= vanish_noticed < 2 * (1 + 1) + 1, "noticed by ping_interval + ping_timeout"
+    assert back == payloads

@@ -13,6 +13,7 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
+from tests.conftest import shared_server
 from tests.support.processes import ServerProcess
 
 from .support import CHROMIUM, CHROMIUM_ARGS, DEADLINE_MS, LAPTOP, wait_online
@@ -39,12 +40,13 @@ def browser() -> Iterator[Any]:
         browser.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def demo_server(redis_server: Any, logs_dir: Path) -> Iterator[ServerProcess]:
-    """A server with the demo endpoints on, shared by a test module."""
-    proc = ServerProcess(redis_server.port, logs_dir, demo=True).start()
-    yield proc
-    proc.stop()
+    """A server with the demo endpoints on, of the test's own, on an empty Redis: the
+    tests use fixed names ("alice", "bob", "cats") that another test's leftovers would
+    reach."""
+    with shared_server(redis_server, logs_dir, demo=True) as proc:
+        yield proc
 
 
 class Requests:
@@ -65,7 +67,7 @@ def requests_seen() -> Requests:
 
 
 @pytest.fixture
-def new_page(browser: Any, demo_server: ServerProcess, requests_seen: Requests,
+def new_page(browser: Any, request: pytest.FixtureRequest, requests_seen: Requests,
              r: Any) -> Iterator[Callable[..., Any]]:
     """Open the demo in a new tab: `new_page("alice")`, each in a browser profile of its own.
 
@@ -86,7 +88,9 @@ def new_page(browser: Any, demo_server: ServerProcess, requests_seen: Requests,
         page = context.new_page()
         page.on("websocket", lambda ws: requests_seen.urls.append(ws.url))
         page.set_default_timeout(DEADLINE_MS)
-        base = (server or demo_server).url
+        # The demo server only when the test names no server of its own: a second
+        # process on the same Redis would make every test a cluster test.
+        base = (server or request.getfixturevalue("demo_server")).url
         page.goto(base + ("/?uid=" + quote(uid, safe="") + query if uid else "/"))
         if uid and wait_identified:
             wait_online(page, uid)

@@ -154,7 +154,7 @@ def test_the_page_fits_a_phone(new_page, r):
     screenshot(page, "phone.png")
 
 
-def test_the_readme_walkthrough(new_page, r):
+def test_the_readme_walkthrough(new_page, demo_server, r):
     """README: publish twice for user1 with no one there, then open /?uid=user1."""
     r.publish("rm.users.user1", "Hello, world!")
     r.publish("rm.users.user1", "My life is a spicy pepper...")

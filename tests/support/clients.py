@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import engineio
@@ -29,6 +30,7 @@ class _Client(socketio.Client):
     """python-socketio's client always acknowledges; this one can hold acks back."""
 
     hold_ack: Any = None  # called with each outgoing ACK packet; True drops it
+    sent_ack: Any = None  # called once an ACK packet is queued for writing
 
     def _engineio_client_class(self) -> type[engineio.Client]:
         return _OrderedEngineIO
@@ -37,6 +39,8 @@ class _Client(socketio.Client):
         if pkt.packet_type == packet.ACK and self.hold_ack is not None and self.hold_ack(pkt):
             return
         super()._send_packet(pkt)
+        if pkt.packet_type == packet.ACK and self.sent_ack is not None:
+            self.sent_ack(pkt)
 
 
 class RMClient:
@@ -56,19 +60,28 @@ class RMClient:
         self.ack_limit = ack_limit
         self.acked = 0
         self.messages: list[dict[str, Any]] = []
+        self.arrived_at: list[float] = []  # when each of `messages` arrived (time.monotonic())
+        self.acked_ids: dict[str, float] = {}  # envelope id -> when its ack was queued, before closing
+        self.on_arrival: Any = None  # called with each envelope as it arrives, before its ack
+        self.ended: str | None = None  # how the test ended it: "closed", "dropped", "vanished"
+        self.closing = False
         self.errors: list[dict[str, Any]] = []
         self.disconnected = threading.Event()
         self._lock = threading.Lock()
         # http_session: the requests.Session that long-polling uses (None: its own)
         self.sio = _Client(reconnection=False, http_session=http_session)
         self.sio.hold_ack = self._hold_ack
+        self.sio.sent_ack = self._sent_ack
         self.sio.on("message", self._on_message, namespace=namespace)
         self.sio.on("rm_error", self._on_error, namespace=namespace)
         self.sio.on("disconnect", lambda *a: self.disconnected.set(), namespace=namespace)
 
     def _on_message(self, envelope: dict[str, Any]) -> None:
+        if self.on_arrival is not None:
+            self.on_arrival(envelope)
         with self._lock:
             self.messages.append(envelope)
+            self.arrived_at.append(time.monotonic())
 
     def _hold_ack(self, pkt: Any) -> bool:
         with self._lock:
@@ -76,6 +89,15 @@ class RMClient:
                 return True
             self.acked += 1
             return False
+
+    def _sent_ack(self, pkt: Any) -> None:
+        # Events and their acks are handled in order, one at a time (_OrderedEngineIO): the
+        # ack just queued is the last message's. Only acks queued before the tab began to
+        # close count as sure to have reached the server (`flush` writes them first); one
+        # queued after may go out behind the goodbye.
+        with self._lock:
+            if self.messages and not self.closing:
+                self.acked_ids[self.messages[-1].get("id")] = time.monotonic()
 
     def _on_error(self, data: dict[str, Any]) -> None:
         self.errors.append(data)
@@ -91,6 +113,11 @@ class RMClient:
     def emit_identify(self, identifier: Any) -> None:
         self.sio.emit("identifier", identifier, namespace=self.namespace)
 
+    def received(self) -> list[tuple[float, dict[str, Any]]]:
+        """(when it arrived, envelope) for every message, in arrival order."""
+        with self._lock:
+            return list(zip(self.arrived_at, self.messages, strict=True))
+
     def payloads(self) -> list[str]:
         with self._lock:
             return [m["payload"] for m in self.messages]
@@ -100,14 +127,36 @@ class RMClient:
                    f"{count} messages (have {len(self.messages)})")
         return list(self.messages)
 
+    def flush(self, timeout: float = 2) -> None:
+        """Until every packet handed to the socket (acks included) is written to it: engineio
+        writes from a queue of its own, and closing the socket before would drop them."""
+        queue = getattr(self.sio.eio, "queue", None)
+        deadline = time.monotonic() + timeout
+        while queue is not None and queue.unfinished_tasks and self.sio.eio.state == "connected":
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.005)
+
     def close(self) -> None:
+        """Close with a goodbye (Socket.IO disconnect, then a FIN), after every ack is out."""
+        if self.ended is None:
+            self.ended = "closed"
+        with self._lock:
+            self.closing = True
         try:
+            self.flush()
             self.sio.disconnect()
         except Exception:
             pass
 
     def drop(self) -> None:
-        """Vanish without a goodbye, like a tab whose network went away."""
+        """Go without a goodbye: a FIN, no Socket.IO disconnect (the acks handed to the
+        socket before are written first, as a kernel would)."""
+        if self.ended is None:
+            self.ended = "dropped"
+        with self._lock:
+            self.closing = True
+        self.flush()
         eio = self.sio.eio
         try:
             if eio.ws is not None:
@@ -117,6 +166,19 @@ class RMClient:
             pass
         self.disconnected.wait(5)
         self.close()
+
+
+    def local_port(self) -> int:
+        """The port of this tab's end of its WebSocket: what a `Proxy` knows it by."""
+        return self.sio.eio.ws.sock.getsockname()[1]
+
+    def vanish(self, proxy: Any) -> None:
+        """Vanish without a FIN, like a tab whose network went away: the `Proxy` it
+        connected through stops forwarding, so the server hears nothing, ever; then this
+        end is let go (its own close never gets past the proxy)."""
+        proxy.cut(self.local_port())
+        self.ended = "vanished"
+        self.drop()
 
 
 def connected(url: str, identifier: Any = None, **kwargs: Any) -> RMClient:
