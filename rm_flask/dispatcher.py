@@ -104,6 +104,8 @@ class Joining:
 
     early: int  # the number set aside for messages read before the event
     seq: int  # the `up` event's number
+    read: int  # the last event we had read before, in era `was` (0: none)
+    was: str
     era: str
     servers: list[str]
     sockets: list[bytes]
@@ -156,19 +158,23 @@ class Dispatcher:
         self._read_downs: dict[int, str] = {}
         self.on_pong: Callable[[], None] = lambda: None
         self.on_declared_dead: Callable[[], None] = lambda: None
-        self.on_reset: Callable[[], None] = lambda: None
+        self.on_new_era: Callable[[], list[Any]] = lambda: []
+        # server -> when we last read an event it published: a live server pings each
+        # second, so silence is evidence of death that survives Redis losing its data.
+        self.heard: dict[str, float] = {}
+        self.synced_at = time.monotonic()  # when our view was last loaded
         self.on_suspect: Callable[[], None] = lambda: None
 
     ### Joining the cluster ###
 
-    def joining(self, snapshot: list[Any]) -> None:
+    def joining(self, snapshot: list[Any], read: int = 0, was: str = "") -> None:
         """Our `up` ran; `snapshot` is the cluster as of its event, which comes next.
 
         Messages read from now until that event are held (and those read before an
         earlier `up` whose event never came: the subscription broke first).
         """
         early, seq, era, servers, sockets, draining = snapshot
-        self._joining = Joining(int(early), int(seq), era.decode(),
+        self._joining = Joining(int(early), int(seq), read, was, era.decode(),
                                 [s.decode() for s in servers], sockets, draining)
         self.view.synced = False
 
@@ -508,26 +514,48 @@ class Dispatcher:
             joining = self._joining
             if joining is not None and event["g"] == joining.seq:
                 view.load(joining.seq, joining.era, joining.servers, joining.sockets, joining.draining)
+                if joining.read and joining.was == view.era:
+                    view.rejoined(self.me, joining.seq)  # as the others do on reading our `up`
                 self._joining = None
                 log.info("Joined %d server(s) on this Redis: %s", len(view.servers), ", ".join(view.servers))
+                self.synced_at = time.monotonic()
                 self._loaded()
                 self._route_early(joining)
                 self.on_synced()
             return  # events before our `up` are in the state it returned
         if event["g"] <= view.seq:
-            # The numbers started again: Redis lost its data (a restart without
-            # persistence, or FLUSHALL). Join again, as a new era.
-            log.warning("Redis lost the cluster's state; announcing this server and its sockets again")
-            self.recent.clear()
-            self.checkpoint = 0
-            self.on_reset()
-            return
+            self._new_era(event["g"])
         kind = event["t"]
+        if kind != "down":
+            self.heard[event["s"]] = time.monotonic()
         if kind != "ping":
             log.debug("Cluster event %s", event)
         homes = self._homes_of(event) if kind in ("off", "down") else {}
         view.apply(event)
         getattr(self, f"_on_{kind}")(event, homes)
+
+    def _new_era(self, first: int) -> None:
+        """The numbers started again at event `first`: Redis lost its data (a restart
+        without persistence, FLUSHALL). Every process reads this same event as the first
+        of the new era, with the same view: each keeps it, puts its own sockets and
+        in-flight records back, and goes on. Messages are decided from the view at once,
+        by every process alike, with ids of the new era."""
+        log.warning("Redis lost the cluster's state; a new era: announcing this server, its "
+                    "sockets and what it has in flight again")
+        snapshot = self.on_new_era()
+        self.view.new_era(first, snapshot[2].decode())
+        self.checkpoint = 0
+        self._won.clear()
+        self._read_downs.clear()
+        writes = self.store.writes(from_listener=True)
+        for user in list(self.registry.users.values()):
+            with self.registry.user_lock(user.uid):
+                if user.end is not None:
+                    user.end = (first, user.end[1])
+                for pending in user.pending.values():
+                    writes.track(user.uid, pending.message.stored)
+        if writes:
+            retrying("recording what is in flight again", writes.execute)
 
     def _loaded(self) -> None:
         """Act on the state we joined with as if we had read it happen: after a lost
@@ -576,8 +604,16 @@ class Dispatcher:
             recent.popleft()
 
     def _on_up(self, event: dict[str, Any], _: Any) -> None:
-        if event["s"] != self.me:
-            log.info("Server %s joined; %d on this Redis", event["s"], len(self.view.servers))
+        server = event["s"]
+        if server != self.me:
+            log.info("Server %s joined; %d on this Redis", server, len(self.view.servers))
+            # It had read up to event `e` of this era, then lost its subscription: what
+            # was its to do since, one of the others (the first by id) redoes.
+            read = event.get("e") or 0
+            if read and event.get("was") == self.view.era and self.view.redoer(server) == self.me:
+                self.spawn(self.redo_gap, server, read, event["g"])
+        for uid in event.get("w", ()):
+            self._began(uid, event["g"])
 
     def _on_on(self, event: dict[str, Any], _: Any) -> None:
         uid = event["u"]
@@ -662,6 +698,11 @@ class Dispatcher:
         self._wake_drains(event["u"])
 
     def _on_returned(self, event: dict[str, Any], _: Any) -> None:
+        self._wake_drains(event["u"])
+        for uid in event["w"]:
+            self._began(uid, event["g"])
+
+    def _on_redone(self, event: dict[str, Any], _: Any) -> None:
         self._wake_drains(event["u"])
         for uid in event["w"]:
             self._began(uid, event["g"])
@@ -1082,6 +1123,40 @@ class Dispatcher:
 
     ### A server that died ###
 
+    def redo_gap(self, server: str, since: int, until: int) -> None:
+        """`server` lost its subscription after event `since` and was back at `until`:
+        queue, in their places, the messages it was to deliver or queue meanwhile (from
+        our own copy of the sequence), and have its users' queues drained."""
+        try:
+            owed = self._owed_by(server, since, until, self.view.era)
+            for uid, stored in owed.items():
+                retrying(f"redoing for {uid}", partial(self.store.merge, uid, self.view.era, stored))
+            uids = sorted(owed)
+            log.warning("Server %s missed messages while its subscription was down; %d of them "
+                        "queued again for %d users", server, sum(map(len, owed.values())), len(uids))
+        except Exception:
+            log.exception("Could not redo what server %s missed", server)
+            uids = []
+        # Its users drain once this is read (they began at its `up`).
+        retrying(f"announcing the redo for {server}",
+                 lambda: self.cluster.mark("redone", uids, ref=server))
+
+    def _owed_by(self, server: str, since: int, until: int, era: str) -> dict[str, list[str]]:
+        """From our copy of the sequence: the messages only `server` was to deliver or
+        queue, from event `since` (0: from the start of what we kept) up to `until`."""
+        owed: dict[str, list[str]] = {}
+        for _, uid, duty, *fields in list(self.recent):
+            incoming = Incoming(*fields)
+            if duty != server:
+                continue
+            if incoming.era == era:
+                if not since <= incoming.seq < until:
+                    continue
+            elif since:
+                continue  # it had handled everything of the era before its checkpoint's
+            owed.setdefault(uid, []).append(incoming.message().stored)
+        return owed
+
     def recover(self, dead: str, down_at: int) -> None:
         """Redo what `dead` had not finished: give back its in-flight messages, and queue
         the messages it was to deliver or queue since its last checkpoint, from our own
@@ -1089,11 +1164,7 @@ class Dispatcher:
         try:
             raw = self.store.redis.get(names.checkpoint_key(dead))
             since = int(raw) if raw else 0
-            owed: dict[str, list[str]] = {}
-            for _, uid, duty, *fields in list(self.recent):
-                incoming = Incoming(*fields)
-                if duty == dead and since <= incoming.seq < down_at:
-                    owed.setdefault(uid, []).append(incoming.message().stored)
+            owed = self._owed_by(dead, since, down_at, self.view.era)
             uids = sorted(set(owed) | self.store.inflight_users(dead))
             given = 0
             for uid in uids:

@@ -125,6 +125,11 @@ def user_sockets_key(uid: str) -> str:
     return f"{USER_SOCKETS_PREFIX}{uid}"
 
 
+def tombstone_key(server_id: str) -> str:
+    """Set by the survivor that declared `server_id` dead: only one may, once."""
+    return f"{PREFIX}:servers:{server_id}:down"
+
+
 def checkpoint_key(server_id: str) -> str:
     """The last event before which `server_id` has handled every message for good."""
     return f"{PREFIX}:servers:{server_id}:checkpoint"

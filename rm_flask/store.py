@@ -346,6 +346,14 @@ class Store:
             args=[self.queue_expiry, uid, era, *stored],
         )
 
+    def merge(self, uid: str, era: str, stored: Sequence[str]) -> int:
+        """Merge `stored` into `uid`'s queue in sequence order, each id once (`recover`
+        without a dead server's in-flight set: the key it reads for one never exists)."""
+        return self._recover(
+            keys=[names.queue_key(uid), names.inflight_key("-", uid), names.inflight_users_key("-")],
+            args=[self.queue_expiry, uid, era, *stored],
+        )
+
     def _next_scores(self, count: int) -> int:
         with self._score_lock:
             first = self._score + 1
