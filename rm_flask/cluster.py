@@ -296,8 +296,7 @@ class View:
                 while len(self.seals) > MAX_SEALS:
                     del self.seals[next(iter(self.seals))]
             elif kind == "redone":
-                for uid in list(self.returning):
-                    self._returned(uid, server)
+                self.recovering.pop(f"gap {event['e']}", None)
             elif kind == "recovered":
                 self.recovered.add(event["e"])
                 self.recovering.pop(event["e"], None)
@@ -331,23 +330,19 @@ class View:
             for uid in list(self.returning):
                 self._returned(uid, server)
 
-    def redoer(self, server: str) -> str | None:
-        """Who redoes what `server` missed while its subscription was down."""
-        others = [s for s in self.servers if s != server]
-        return min(others) if others else None
-
     def rejoined(self, server: str, seq: int) -> None:
         """`server` is back after losing its subscription, at event `seq`; what it missed
-        is being queued again by its redoer. Its users (those whose sockets are all on
-        it) drain from here, once the redo is given back, so that nothing newer reaches
-        them first. The rejoining process does the same with the view it loads."""
-        redoer = self.redoer(server)
-        if redoer is None:
-            return
+        is being queued again by the others (every one that read this event: all of them
+        may have been away too, after a Redis restart). Its users (those whose sockets
+        are all on it) drain from here, after the redo, so that nothing newer reaches
+        them first; drains wait for the first `redone`, or `RECOVERY_WAIT`. The
+        rejoining process does the same with the view it loads."""
+        if len(self.servers) < 2:
+            return  # alone: nobody missed anything of its
         for uid, socks in self.sockets.items():
             if socks and all(s == server for s, _ in socks):
                 self._begin(uid, seq)
-                self.returning.setdefault(uid, set()).add(redoer)
+        self.recovering[f"gap {server}"] = time.monotonic()
 
     def digest(self) -> str:
         """A short hash of who is where: equal in every process that has read the same

@@ -37,6 +37,7 @@ LOG_RECOMMITS = 10  # recommits logged one by one per give-back; the rest as a c
 SETTLE_EVERY = 0.005  # seconds acks are gathered before one round trip clears them
 KEEP_RECENT = 30.0  # seconds of messages kept to redo the work of a server that dies
 DRAIN_RETRY = 1.0  # seconds before a drain that failed is started again
+SUSPENDED_AFTER = 8.0  # seconds without housekeeping after which we ask whether we were declared dead
 ADMIT_AT_ONCE = 8  # identifies announced to Redis at the same time, at most
 ADMIT_WITHIN = 5.0  # seconds an identify may wait for Redis before it is refused
 
@@ -146,6 +147,7 @@ class Dispatcher:
         self._early: list[tuple[str, bytes, int]] = []
         self.on_synced: Callable[[], None] = lambda: None
         self._admitting = threading.BoundedSemaphore(ADMIT_AT_ONCE)
+        self._gap_redone = threading.Event()  # another process redid our last gap
         # (time, uid, who had to deliver or queue it, and the message's fields), for
         # `recover`. Plain values only: the collector skips such tuples, and there are
         # many of them.
@@ -163,6 +165,11 @@ class Dispatcher:
         # second, so silence is evidence of death that survives Redis losing its data.
         self.heard: dict[str, float] = {}
         self.synced_at = time.monotonic()  # when our view was last loaded
+        # When our housekeeping last ran: long ago means the process was paused, and may
+        # have been declared dead meanwhile. Then, until we read our own `down`, nothing
+        # we read is ours (`_given_up`).
+        self.alive_at = time.monotonic()
+        self._given_up = False
         self.on_suspect: Callable[[], None] = lambda: None
 
     ### Joining the cluster ###
@@ -173,6 +180,7 @@ class Dispatcher:
         Messages read from now until that event are held (and those read before an
         earlier `up` whose event never came: the subscription broke first).
         """
+        self._gap_redone.clear()
         early, seq, era, servers, sockets, draining = snapshot
         self._joining = Joining(int(early), int(seq), read, was, era.decode(),
                                 [s.decode() for s in servers], sockets, draining)
@@ -194,6 +202,8 @@ class Dispatcher:
         """
         run: list[Incoming] = []
         received = 0
+        if time.monotonic() - self.alive_at > SUSPENDED_AFTER and not self._given_up:
+            self._check_declared_dead()
         for channel, data in items:
             if channel == names.CLUSTER_CHANNEL:
                 if run:
@@ -212,8 +222,22 @@ class Dispatcher:
         if run:
             self._route(run)
 
+    def _check_declared_dead(self) -> None:
+        """We were not running for a while (the process was paused): if the others
+        declared us dead meanwhile, they redid our work up to their `down`, so what we
+        read until we reach that event is no longer ours to handle."""
+        try:
+            self._given_up = bool(self.store.listener_client.exists(names.tombstone_key(self.me)))
+        except redis.RedisError:
+            return
+        if self._given_up:
+            log.error("This server was declared dead while it was not running; leaving what "
+                      "it reads to the others until it rejoins")
+
     def _incoming(self, channel: str, data: bytes) -> Incoming | None:
         view = self.view
+        if self._given_up:
+            return None
         if view.synced:
             view.count += 1
             return Incoming(channel, data, view.era, view.seq, view.count)
@@ -225,32 +249,58 @@ class Dispatcher:
 
         Alone, it is ours: nobody else read it with a view that had a server in it. Its
         ids take the number our `up` set aside, so they sort before everything after.
-        With other servers up, they handled it with their views.
+        Joining a running group, it was the others' to decide (we were in no view).
         """
         early, self._early = self._early, []
         if early and joined.servers == [self.me]:
             log.info("Routing %d messages read while joining", len(early))
-            era = self.view.era
-            self._route([Incoming(channel, data, era, joined.early, n, received)
-                         for n, (channel, data, received) in enumerate(early, 1)])
+            self._route(self._early_messages(early, joined))
+
+    def _early_messages(self, early: list[tuple[str, bytes, int]], joined: Joining) -> list[Incoming]:
+        era = self.view.era
+        return [Incoming(channel, data, era, joined.early, n, received)
+                for n, (channel, data, received) in enumerate(early, 1)]
+
+    def _keep_early(self, joined: Joining) -> None:
+        """Back after a lost subscription, with others up: what we read before our `up` is
+        part of our gap, which every other process that reads our `up` redoes. So it goes
+        into our copy of the sequence (a gap of another process's, later, may need it),
+        and what was ours in it waits for a `redone` of our gap: if none comes (they were
+        all away too), we queue it ourselves."""
+        early, self._early = self._early, []
+        if not early:
+            return
+        now = time.monotonic()
+        mine: dict[str, list[str]] = {}
+        for uid, incoming in self._plan(self._early_messages(early, joined)):
+            duty = self._duty(uid)
+            self.recent.append((now, uid, duty, *incoming.fields()))
+            if duty == self.me:
+                mine.setdefault(uid, []).append(incoming.message().stored)
+        if mine:
+            self.spawn(self._queue_unless_redone, mine, self.view.era)
+
+    def _duty(self, uid: str) -> str | tuple[str, ...]:
+        """Who must deliver or queue a message for `uid` now (as `_deliver` records it)."""
+        view = self.view
+        socks = view.sockets.get(uid)
+        if not socks or uid in view.draining:
+            return view.owner(uid)
+        first = socks[0][0]
+        return first if all(s == first for s, _ in socks) else tuple({s for s, _ in socks})
+
+    def _queue_unless_redone(self, mine: dict[str, list[str]], era: str) -> None:
+        if self._gap_redone.wait(cluster.RECOVERY_WAIT - 2):
+            return
+        for uid, stored in mine.items():
+            retrying(f"queueing for {uid}", partial(self.store.merge, uid, era, stored))
+        log.warning("Nobody redid what this server missed while rejoining; queued the %d "
+                    "messages of its own it read meanwhile", sum(map(len, mine.values())))
 
     def _route(self, run: list[Incoming]) -> None:
         started = time.perf_counter()
         try:
-            accepted: list[tuple[tuple[str, str], Incoming]] = []
-            for incoming in run:
-                target = self._accept(incoming.channel, incoming.data)
-                if target is not None:
-                    accepted.append((target, incoming))
-            groups = {ident for (kind, ident), _ in accepted if kind == "group"}
-            members = self._members(groups) if groups else {}
-            plan: list[tuple[str, Incoming]] = []
-            for (kind, ident), incoming in accepted:
-                if kind == "user":
-                    plan.append((ident, incoming))
-                else:
-                    plan.extend((uid, incoming) for uid in members[ident])
-            handled = self._deliver(plan)
+            handled = self._deliver(self._plan(run))
             elapsed = time.perf_counter() - started
             for _ in range(handled):
                 self.metrics.latency.observe(elapsed)
@@ -259,6 +309,23 @@ class Dispatcher:
             # no, for example out of memory. Say so loudly; the listener goes on.
             log.exception("Failed to route %d messages; they are lost", len(run))
             self.metrics.failed.inc(len(run))
+
+    def _plan(self, run: list[Incoming]) -> list[tuple[str, Incoming]]:
+        """(uid, message) for each message and each user it is for (groups expanded)."""
+        accepted: list[tuple[tuple[str, str], Incoming]] = []
+        for incoming in run:
+            target = self._accept(incoming.channel, incoming.data)
+            if target is not None:
+                accepted.append((target, incoming))
+        groups = {ident for (kind, ident), _ in accepted if kind == "group"}
+        members = self._members(groups) if groups else {}
+        plan: list[tuple[str, Incoming]] = []
+        for (kind, ident), incoming in accepted:
+            if kind == "user":
+                plan.append((ident, incoming))
+            else:
+                plan.extend((uid, incoming) for uid in members[ident])
+        return plan
 
     def _accept(self, channel: str, data: bytes) -> tuple[str, str] | None:
         target = names.parse_channel(channel)
@@ -514,7 +581,8 @@ class Dispatcher:
             joining = self._joining
             if joining is not None and event["g"] == joining.seq:
                 view.load(joining.seq, joining.era, joining.servers, joining.sockets, joining.draining)
-                if joining.read and joining.was == view.era:
+                if joining.read and joining.was == view.era and len(view.servers) > 1:
+                    self._keep_early(joining)
                     view.rejoined(self.me, joining.seq)  # as the others do on reading our `up`
                 self._joining = None
                 log.info("Joined %d server(s) on this Redis: %s", len(view.servers), ", ".join(view.servers))
@@ -608,9 +676,10 @@ class Dispatcher:
         if server != self.me:
             log.info("Server %s joined; %d on this Redis", server, len(self.view.servers))
             # It had read up to event `e` of this era, then lost its subscription: what
-            # was its to do since, one of the others (the first by id) redoes.
+            # was its to do since, we redo, as does every other process that read this
+            # (each id goes into a queue once, whoever merges it first).
             read = event.get("e") or 0
-            if read and event.get("was") == self.view.era and self.view.redoer(server) == self.me:
+            if read and event.get("was") == self.view.era:
                 self.spawn(self.redo_gap, server, read, event["g"])
         for uid in event.get("w", ()):
             self._began(uid, event["g"])
@@ -655,6 +724,7 @@ class Dispatcher:
         dead = event["s"]
         if dead == self.me:
             log.error("Other servers declared this one dead (its heartbeat lapsed); rejoining")
+            self._given_up = False
             self.on_declared_dead()
             return
         log.warning("Server %s is gone; %d left on this Redis", dead, len(self.view.servers))
@@ -703,9 +773,9 @@ class Dispatcher:
             self._began(uid, event["g"])
 
     def _on_redone(self, event: dict[str, Any], _: Any) -> None:
-        self._wake_drains(event["u"])
-        for uid in event["w"]:
-            self._began(uid, event["g"])
+        if event["e"] == self.me:
+            self._gap_redone.set()
+        self._wake_drains([u.uid for u in list(self.registry.users.values()) if u.draining])
 
     def _on_recovered(self, event: dict[str, Any], _: Any) -> None:
         self._wake_drains([u.uid for u in list(self.registry.users.values()) if u.draining])

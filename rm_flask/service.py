@@ -85,7 +85,8 @@ class Service:
             on_reconnect=self.metrics.redis_reconnects.inc,
         )
         self.dispatcher.on_pong = self.listener.pong
-        self.dispatcher.on_declared_dead = self._join
+        # The survivor that declared us dead redid our work: we rejoin with no gap to redo.
+        self.dispatcher.on_declared_dead = lambda: self._join(gap=False)
         self.dispatcher.on_new_era = self._announce
         self.dispatcher.on_suspect = self._reap_soon
         # Set when the view is loaded after a (re)join: identifies held meanwhile go on.
@@ -167,11 +168,11 @@ class Service:
 
     ### Liveness ###
 
-    def _join(self) -> None:
+    def _join(self, gap: bool = True) -> None:
         """Subscribed (again): announce this server and learn the cluster as of then."""
         self._synced.clear()
         view = self.dispatcher.view
-        read, era = (view.seq, view.era) if view.synced else (0, "")
+        read, era = (view.seq, view.era) if view.synced and gap else (0, "")
         self.dispatcher.joining(self._announce(read, era), read, era)
 
     def _announce(self, read: int = 0, era: str = "") -> list[Any]:
@@ -240,6 +241,7 @@ class Service:
                 # Says how far our listener has read: a drain waiting on us can go on.
                 self.housekeeping_cluster.mark("ping", ref=self.dispatcher.view.seq)
                 self.redis_ok = True
+                self.dispatcher.alive_at = time.monotonic()
                 if (
                     self.listener.subscribed
                     and time.monotonic() - self.listener.last_received > STUCK_AFTER
