@@ -45,24 +45,20 @@ end
 # A process joins (or rejoins after losing its subscription) and reads the state as of its
 # `up` event, which it then follows. Our own identified sockets are put back if Redis lost
 # them (a restart without persistence, FLUSHALL), and named in the event, so that a
-# process that loaded its view before they were back learns them. The first number it
-# takes is no event's: the messages the process reads before its `up` event, if it is
-# alone, carry it in their ids, which no other process gives out and which sort before
-# everything after `up`. The heartbeat is written here too, so that the process is never
-# in `rm:servers` without one, and a tombstone of an earlier false death is cleared.
-# The event also says the last event the process had read before (`read`, of era
-# `was`): what it missed since, the others redo.
+# process that loaded its view before they were back learns them. The heartbeat is
+# written here too, so that the process is never in `rm:servers` without one, and a
+# tombstone of an earlier false death is cleared. The process subscribes to the apps'
+# channels only once it has read this event, and then publishes `ready` (see View).
 # KEYS: seq, channel, servers, sockets, draining, era, user-sockets prefix, heartbeat,
-# tombstone. ARGV: server, era candidate, heartbeat text, heartbeat TTL, last read event,
-# its era, then sid, uid pairs.
+# tombstone. ARGV: server, era candidate, heartbeat text, heartbeat TTL, then sid, uid
+# pairs.
 _UP = _HEAD + """
-local early = redis.call('INCR', KEYS[1])
 redis.call('SET', KEYS[8], ARGV[3], 'EX', ARGV[4])
 redis.call('DEL', KEYS[9])
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('SET', KEYS[6], ARGV[2], 'NX')
 local back, started = {}, {}
-for i = 7, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local member, users = ARGV[1] .. ' ' .. ARGV[i], KEYS[7] .. ARGV[i + 1]
   if redis.call('HEXISTS', KEYS[4], member) == 0 then
     if redis.call('ZCARD', users) == 0 then started[#started + 1] = ARGV[i + 1] end
@@ -76,9 +72,8 @@ end
 -- them meanwhile (an owner that came back first decided them offline).
 local g = redis.call('INCR', KEYS[1])
 for _, uid in ipairs(started) do redis.call('HSET', KEYS[5], uid, g) end
-redis.call('PUBLISH', KEYS[2], cjson.encode({g = g, t = 'up', s = ARGV[1], k = back, w = started,
-  e = tonumber(ARGV[5]), was = ARGV[6]}))
-return {early, g, redis.call('GET', KEYS[6]), redis.call('SMEMBERS', KEYS[3]),
+redis.call('PUBLISH', KEYS[2], cjson.encode({g = g, t = 'up', s = ARGV[1], k = back, w = started}))
+return {g, redis.call('GET', KEYS[6]), redis.call('SMEMBERS', KEYS[3]),
         redis.call('HGETALL', KEYS[4]), redis.call('HGETALL', KEYS[5])}
 """
 
@@ -314,8 +309,8 @@ class View:
                     socks.append((server, sid))
             for uid in event.get("w", ()):
                 self._begin(uid, event["g"])
-            if event.get("e") and event.get("was") == self.era:
-                self.rejoined(server, event["g"])
+        elif kind == "ready":
+            self.rejoined(server, event["g"])
         elif kind == "down":
             self.recovering[server] = time.monotonic()
             self.servers = [s for s in self.servers if s != server]
@@ -331,14 +326,14 @@ class View:
                 self._returned(uid, server)
 
     def rejoined(self, server: str, seq: int) -> None:
-        """`server` is back after losing its subscription, at event `seq`; what it missed
-        is being queued again by the others (every one that read this event: all of them
-        may have been away too, after a Redis restart). Its users (those whose sockets
-        are all on it) drain from here, after the redo, so that nothing newer reaches
-        them first; drains wait for the first `redone`, or `RECOVERY_WAIT`. The
-        rejoining process does the same with the view it loads."""
+        """`server` receives messages from event `seq` (its `ready`) on. What was its to
+        do in its window, from the last event it had read (or its `up`) to here, every
+        other process that read it redoes (all of them may have been away too, after a
+        Redis restart, so not one chosen). Its users (those whose sockets are all on it)
+        drain from here, after the redo, so that nothing newer reaches them first: drains
+        wait for the first `redone`, or `RECOVERY_WAIT`."""
         if len(self.servers) < 2:
-            return  # alone: nobody missed anything of its
+            return  # alone: nobody had anything of its to do
         for uid, socks in self.sockets.items():
             if socks and all(s == server for s, _ in socks):
                 self._begin(uid, seq)
@@ -409,11 +404,9 @@ class Cluster:
         self._down = client.register_script(_DOWN)
         self._head = [names.CLUSTER_SEQ_KEY, names.CLUSTER_CHANNEL]
 
-    def up(self, own: Iterable[tuple[str, str]], heartbeat: str, ttl: int,
-           read: int = 0, era: str = "") -> list[Any]:
-        """Join: returns [the number for early messages, event number, era, servers,
-        sockets, draining] as of our event. `read`: the last event we had read, in `era`."""
-        args: list[str | int] = [self.server_id, os.urandom(2).hex(), heartbeat, ttl, read, era]
+    def up(self, own: Iterable[tuple[str, str]], heartbeat: str, ttl: int) -> list[Any]:
+        """Join: returns [event number, era, servers, sockets, draining] as of our event."""
+        args: list[str | int] = [self.server_id, os.urandom(2).hex(), heartbeat, ttl]
         for sid, uid in own:
             args += (sid, uid)
         return self._up(

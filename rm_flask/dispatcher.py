@@ -103,7 +103,6 @@ class Incoming:
 class Joining:
     """What our `up` script returned: the cluster as of its event."""
 
-    early: int  # the number set aside for messages read before the event
     seq: int  # the `up` event's number
     read: int  # the last event we had read before, in era `was` (0: none)
     was: str
@@ -142,12 +141,11 @@ class Dispatcher:
         self._settle_wakeup = threading.Event()
         # What our `up` returned, until its event comes through the subscription.
         self._joining: Joining | None = None
-        # PUBLISHes read before our `up` event: (channel, data, when received). Decided
-        # once the view as of `up` is loaded, as that is the first view true for them.
-        self._early: list[tuple[str, bytes, int]] = []
         self.on_synced: Callable[[], None] = lambda: None
         self._admitting = threading.BoundedSemaphore(ADMIT_AT_ONCE)
-        self._gap_redone = threading.Event()  # another process redid our last gap
+        # Where our window began (see `View.rejoined`): the last event we had read
+        # before losing the subscription, or our `up`. Our `ready` says it.
+        self.window_from = 0
         # (time, uid, who had to deliver or queue it, and the message's fields), for
         # `recover`. Plain values only: the collector skips such tuples, and there are
         # many of them.
@@ -176,13 +174,14 @@ class Dispatcher:
 
     def joining(self, snapshot: list[Any], read: int = 0, was: str = "") -> None:
         """Our `up` ran; `snapshot` is the cluster as of its event, which comes next.
+        `read`: the last event we had read before, of era `was` (0: none).
 
-        Messages read from now until that event are held (and those read before an
-        earlier `up` whose event never came: the subscription broke first).
+        Until we read that event we are not subscribed to the apps' channels (a message
+        read with no view true for it could not be decided alike everywhere); what was
+        ours to do until our `ready`, the others redo.
         """
-        self._gap_redone.clear()
-        early, seq, era, servers, sockets, draining = snapshot
-        self._joining = Joining(int(early), int(seq), read, was, era.decode(),
+        seq, era, servers, sockets, draining = snapshot
+        self._joining = Joining(int(seq), read, was, era.decode(),
                                 [s.decode() for s in servers], sockets, draining)
         self.view.synced = False
 
@@ -241,61 +240,9 @@ class Dispatcher:
         if view.synced:
             view.count += 1
             return Incoming(channel, data, view.era, view.seq, view.count)
-        self._early.append((channel, data, int(time.time() * 1000)))
+        # Not subscribed to it yet, or still to read our `up` after being declared dead:
+        # until our `ready`, the others redo what was ours.
         return None
-
-    def _route_early(self, joined: Joining) -> None:
-        """Decide what was read before our `up` event, now that the view is as of it.
-
-        Alone, it is ours: nobody else read it with a view that had a server in it. Its
-        ids take the number our `up` set aside, so they sort before everything after.
-        Joining a running group, it was the others' to decide (we were in no view).
-        """
-        early, self._early = self._early, []
-        if early and joined.servers == [self.me]:
-            log.info("Routing %d messages read while joining", len(early))
-            self._route(self._early_messages(early, joined))
-
-    def _early_messages(self, early: list[tuple[str, bytes, int]], joined: Joining) -> list[Incoming]:
-        era = self.view.era
-        return [Incoming(channel, data, era, joined.early, n, received)
-                for n, (channel, data, received) in enumerate(early, 1)]
-
-    def _keep_early(self, joined: Joining) -> None:
-        """Back after a lost subscription, with others up: what we read before our `up` is
-        part of our gap, which every other process that reads our `up` redoes. So it goes
-        into our copy of the sequence (a gap of another process's, later, may need it),
-        and what was ours in it waits for a `redone` of our gap: if none comes (they were
-        all away too), we queue it ourselves."""
-        early, self._early = self._early, []
-        if not early:
-            return
-        now = time.monotonic()
-        mine: dict[str, list[str]] = {}
-        for uid, incoming in self._plan(self._early_messages(early, joined)):
-            duty = self._duty(uid)
-            self.recent.append((now, uid, duty, *incoming.fields()))
-            if duty == self.me:
-                mine.setdefault(uid, []).append(incoming.message().stored)
-        if mine:
-            self.spawn(self._queue_unless_redone, mine, self.view.era)
-
-    def _duty(self, uid: str) -> str | tuple[str, ...]:
-        """Who must deliver or queue a message for `uid` now (as `_deliver` records it)."""
-        view = self.view
-        socks = view.sockets.get(uid)
-        if not socks or uid in view.draining:
-            return view.owner(uid)
-        first = socks[0][0]
-        return first if all(s == first for s, _ in socks) else tuple({s for s, _ in socks})
-
-    def _queue_unless_redone(self, mine: dict[str, list[str]], era: str) -> None:
-        if self._gap_redone.wait(cluster.RECOVERY_WAIT - 2):
-            return
-        for uid, stored in mine.items():
-            retrying(f"queueing for {uid}", partial(self.store.merge, uid, era, stored))
-        log.warning("Nobody redid what this server missed while rejoining; queued the %d "
-                    "messages of its own it read meanwhile", sum(map(len, mine.values())))
 
     def _route(self, run: list[Incoming]) -> None:
         started = time.perf_counter()
@@ -581,14 +528,11 @@ class Dispatcher:
             joining = self._joining
             if joining is not None and event["g"] == joining.seq:
                 view.load(joining.seq, joining.era, joining.servers, joining.sockets, joining.draining)
-                if joining.read and joining.was == view.era and len(view.servers) > 1:
-                    self._keep_early(joining)
-                    view.rejoined(self.me, joining.seq)  # as the others do on reading our `up`
+                self.window_from = joining.read if joining.read and joining.was == view.era else joining.seq
                 self._joining = None
                 log.info("Joined %d server(s) on this Redis: %s", len(view.servers), ", ".join(view.servers))
                 self.synced_at = time.monotonic()
                 self._loaded()
-                self._route_early(joining)
                 self.on_synced()
             return  # events before our `up` are in the state it returned
         if event["g"] <= view.seq:
@@ -611,7 +555,7 @@ class Dispatcher:
         log.warning("Redis lost the cluster's state; a new era: announcing this server, its "
                     "sockets and what it has in flight again")
         snapshot = self.on_new_era()
-        self.view.new_era(first, snapshot[2].decode())
+        self.view.new_era(first, snapshot[1].decode())
         self.checkpoint = 0
         self._won.clear()
         self._read_downs.clear()
@@ -675,12 +619,6 @@ class Dispatcher:
         server = event["s"]
         if server != self.me:
             log.info("Server %s joined; %d on this Redis", server, len(self.view.servers))
-            # It had read up to event `e` of this era, then lost its subscription: what
-            # was its to do since, we redo, as does every other process that read this
-            # (each id goes into a queue once, whoever merges it first).
-            read = event.get("e") or 0
-            if read and event.get("was") == self.view.era:
-                self.spawn(self.redo_gap, server, read, event["g"])
         for uid in event.get("w", ()):
             self._began(uid, event["g"])
 
@@ -772,9 +710,15 @@ class Dispatcher:
         for uid in event["w"]:
             self._began(uid, event["g"])
 
+    def _on_ready(self, event: dict[str, Any], _: Any) -> None:
+        """A server receives messages from here on; what was its to do in its window
+        (from event `e`), we redo, as does every other process that read this (each id
+        goes into a queue once, whoever merges it first)."""
+        server = event["s"]
+        if server != self.me and len(self.view.servers) > 1:
+            self.spawn(self.redo_gap, server, event["e"], event["g"])
+
     def _on_redone(self, event: dict[str, Any], _: Any) -> None:
-        if event["e"] == self.me:
-            self._gap_redone.set()
         self._wake_drains([u.uid for u in list(self.registry.users.values()) if u.draining])
 
     def _on_recovered(self, event: dict[str, Any], _: Any) -> None:
@@ -1194,9 +1138,10 @@ class Dispatcher:
     ### A server that died ###
 
     def redo_gap(self, server: str, since: int, until: int) -> None:
-        """`server` lost its subscription after event `since` and was back at `until`:
-        queue, in their places, the messages it was to deliver or queue meanwhile (from
-        our own copy of the sequence), and have its users' queues drained."""
+        """`server` received no messages from event `since` to `until` (a lost
+        subscription, or joining): queue, in their places, the messages it was to
+        deliver or queue meanwhile (from our own copy of the sequence); its users'
+        queues drain once this is announced."""
         try:
             owed = self._owed_by(server, since, until, self.view.era)
             for uid, stored in owed.items():

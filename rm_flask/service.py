@@ -82,7 +82,7 @@ class Service:
         )
         self.listener = Listener(
             self.pubsub_redis, self.dispatcher.route_batch, on_subscribed=self._join,
-            on_reconnect=self.metrics.redis_reconnects.inc,
+            on_reconnect=self.metrics.redis_reconnects.inc, on_listening=self._ready,
         )
         self.dispatcher.on_pong = self.listener.pong
         # The survivor that declared us dead redid our work: we rejoin with no gap to redo.
@@ -91,7 +91,7 @@ class Service:
         self.dispatcher.on_suspect = self._reap_soon
         # Set when the view is loaded after a (re)join: identifies held meanwhile go on.
         self._synced = threading.Event()
-        self.dispatcher.on_synced = self._synced.set
+        self.dispatcher.on_synced = self.listener.listen_to_messages
         self._last_reap = 0.0
         self._about = f"{socket.gethostname()} {os.getpid()}"  # what a heartbeat says
         # Whether Redis answered the last heartbeat (each second). The listener may still
@@ -173,13 +173,20 @@ class Service:
         self._synced.clear()
         view = self.dispatcher.view
         read, era = (view.seq, view.era) if view.synced and gap else (0, "")
-        self.dispatcher.joining(self._announce(read, era), read, era)
+        self.dispatcher.joining(self._announce(), read, era)
 
-    def _announce(self, read: int = 0, era: str = "") -> list[Any]:
-        """Run our `up`: this server, its heartbeat and its sockets, and how far it had
-        read (event `read` of `era`); returns the cluster as of that event."""
+    def _announce(self) -> list[Any]:
+        """Run our `up`: this server, its heartbeat and its sockets; returns the cluster
+        as of that event."""
         return retrying("announcing this server", lambda: self.cluster.up(
-            self.dispatcher.own_sockets(), self._about, HEARTBEAT_TTL, read, era))
+            self.dispatcher.own_sockets(), self._about, HEARTBEAT_TTL))
+
+    def _ready(self) -> None:
+        """Subscribed to the apps' channels with our view loaded: say from where the
+        others must redo what was ours (see `View.rejoined`)."""
+        retrying("announcing this server ready", lambda: self.cluster.mark(
+            "ready", ref=self.dispatcher.window_from))
+        self._synced.set()
 
     def _heartbeat(self) -> None:
         self.housekeeping_redis.set(names.server_key(self.server_id), self._about, ex=HEARTBEAT_TTL)
