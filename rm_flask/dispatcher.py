@@ -720,6 +720,8 @@ class Dispatcher:
 
     def _on_redone(self, event: dict[str, Any], _: Any) -> None:
         self._wake_drains([u.uid for u in list(self.registry.users.values()) if u.draining])
+        for uid in event["w"]:
+            self._began(uid, event["g"])
 
     def _on_recovered(self, event: dict[str, Any], _: Any) -> None:
         self._wake_drains([u.uid for u in list(self.registry.users.values()) if u.draining])
@@ -1143,18 +1145,21 @@ class Dispatcher:
         deliver or queue meanwhile (from our own copy of the sequence); its users'
         queues drain once this is announced."""
         try:
-            owed = self._owed_by(server, since, until, self.view.era)
-            for uid, stored in owed.items():
-                retrying(f"redoing for {uid}", partial(self.store.merge, uid, self.view.era, stored))
-            uids = sorted(owed)
-            log.warning("Server %s missed messages while its subscription was down; %d of them "
-                        "queued again for %d users", server, sum(map(len, owed.values())), len(uids))
+            era = self.view.era
+            owed = self._owed_by(server, since, until, era)
+            added = {uid: retrying(f"redoing for {uid}", partial(self.store.merge, uid, era, stored))
+                     for uid, stored in owed.items()}
+            uids = sorted(uid for uid, n in added.items() if n)
+            if uids:
+                log.warning("Server %s received no messages for a while; %d of those it was to "
+                            "handle queued again for %d users", server, sum(added.values()), len(uids))
         except Exception:
             log.exception("Could not redo what server %s missed", server)
             uids = []
-        # Its users drain once this is read (they began at its `up`).
+        # Its users drain once this is read (they began at its `ready`); those given
+        # something by a later redo than the first drain again.
         retrying(f"announcing the redo for {server}",
-                 lambda: self.cluster.mark("redone", uids, ref=server))
+                 lambda: self.cluster.mark("redone", uids, drain="start", ref=server))
 
     def _owed_by(self, server: str, since: int, until: int, era: str) -> dict[str, list[str]]:
         """From our copy of the sequence: the messages only `server` was to deliver or

@@ -130,6 +130,11 @@ def tombstone_key(server_id: str) -> str:
     return f"{PREFIX}:servers:{server_id}:down"
 
 
+def merged_key(uid: str) -> str:
+    """Ids merged lately into `uid`'s queue by a redo, so that several redoers merge each once."""
+    return f"{PREFIX}:users:{uid}:merged"
+
+
 def checkpoint_key(server_id: str) -> str:
     """The last event before which `server_id` has handled every message for good."""
     return f"{PREFIX}:servers:{server_id}:checkpoint"

@@ -221,7 +221,8 @@ def run_transition(fault: str, processes: int, tmp_path: Path, logs_dir: Path) -
                   "deleted_by_the_fault": deleted, "queue_duplicates": sum(rig.queue_dups.values()),
                   "delivered_and_queued": both, "late": late, "duplicates_received": dup,
                   "in_flight": in_flight, "views_agree": agree, "unseen": stream.unseen,
-                  "late_examples": late_examples[:4], "fault_s": round(fault_done - faulted, 2)}
+                  "late_examples": late_examples[:4], "fault_s": round(fault_done - faulted, 2),
+                  "queue_duplicate_examples": sorted(rig.queue_dups)[:4]}
         print(f"transition {counts}")
         for t in tabs:
             t.close()
