@@ -301,6 +301,7 @@ class View:
             if server not in self.servers:
                 self.servers = sorted([*self.servers, server])
                 self._owners.clear()
+            self.opened(server)
             # Sockets it put back after Redis lost them: new to a view loaded meanwhile.
             for entry in event.get("k", ()):
                 sid, _, uid = entry.partition(" ")
@@ -324,6 +325,13 @@ class View:
                     self.draining.pop(uid, None)
             for uid in list(self.returning):
                 self._returned(uid, server)
+
+    def opened(self, server: str) -> None:
+        """`server` announced itself and receives no messages until its `ready`: what is
+        its to do until then is redone after (see `rejoined`), and drains wait for that,
+        so a drain that begins meanwhile cannot end before the redo is in the queue."""
+        if len(self.servers) > 1:
+            self.recovering[f"gap {server}"] = time.monotonic()
 
     def rejoined(self, server: str, seq: int) -> None:
         """`server` receives messages from event `seq` (its `ready`) on. What was its to

@@ -529,6 +529,7 @@ class Dispatcher:
             if joining is not None and event["g"] == joining.seq:
                 view.load(joining.seq, joining.era, joining.servers, joining.sockets, joining.draining)
                 self.window_from = joining.read if joining.read and joining.was == view.era else joining.seq
+                view.opened(self.me)  # as the others did on reading our `up`
                 self._joining = None
                 log.info("Joined %d server(s) on this Redis: %s", len(view.servers), ", ".join(view.servers))
                 self.synced_at = time.monotonic()
