@@ -17,6 +17,7 @@ reach the same decision for each message without talking to each other:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -43,25 +44,36 @@ end
 
 # A process joins (or rejoins after losing its subscription) and reads the state as of its
 # `up` event, which it then follows. Our own identified sockets are put back if Redis lost
-# them (a restart without persistence). The first number it takes is no event's: the
-# messages the process reads before its `up` event, if it is alone, carry it in their
-# ids, which no other process gives out and which sort before everything after `up`.
-# KEYS: seq, channel, servers, sockets, draining, era, user-sockets prefix. ARGV: server,
-# era candidate, then sid, uid pairs.
+# them (a restart without persistence, FLUSHALL), and named in the event, so that a
+# process that loaded its view before they were back learns them. The heartbeat is
+# written here too, so that the process is never in `rm:servers` without one, and a
+# tombstone of an earlier false death is cleared. The process subscribes to the apps'
+# channels only once it has read this event, and then publishes `ready` (see View).
+# KEYS: seq, channel, servers, sockets, draining, era, user-sockets prefix, heartbeat,
+# tombstone. ARGV: server, era candidate, heartbeat text, heartbeat TTL, then sid, uid
+# pairs.
 _UP = _HEAD + """
-local early = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[8], ARGV[3], 'EX', ARGV[4])
+redis.call('DEL', KEYS[9])
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('SET', KEYS[6], ARGV[2], 'NX')
-for i = 3, #ARGV, 2 do
-  local member = ARGV[1] .. ' ' .. ARGV[i]
+local back, started = {}, {}
+for i = 5, #ARGV, 2 do
+  local member, users = ARGV[1] .. ' ' .. ARGV[i], KEYS[7] .. ARGV[i + 1]
   if redis.call('HEXISTS', KEYS[4], member) == 0 then
+    if redis.call('ZCARD', users) == 0 then started[#started + 1] = ARGV[i + 1] end
     local g = redis.call('INCR', KEYS[1])
     redis.call('HSET', KEYS[4], member, g .. ' ' .. ARGV[i + 1])
-    redis.call('ZADD', KEYS[7] .. ARGV[i + 1], g, member)
+    redis.call('ZADD', users, g, member)
+    back[#back + 1] = ARGV[i] .. ' ' .. ARGV[i + 1]
   end
 end
-local g = event({t = 'up', s = ARGV[1]})
-return {early, g, redis.call('GET', KEYS[6]), redis.call('SMEMBERS', KEYS[3]),
+-- A user whose sockets are back after being nowhere drains: others may have queued for
+-- them meanwhile (an owner that came back first decided them offline).
+local g = redis.call('INCR', KEYS[1])
+for _, uid in ipairs(started) do redis.call('HSET', KEYS[5], uid, g) end
+redis.call('PUBLISH', KEYS[2], cjson.encode({g = g, t = 'up', s = ARGV[1], k = back, w = started}))
+return {g, redis.call('GET', KEYS[6]), redis.call('SMEMBERS', KEYS[3]),
         redis.call('HGETALL', KEYS[4]), redis.call('HGETALL', KEYS[5])}
 """
 
@@ -120,10 +132,15 @@ return g
 """
 
 # A process is dead: forget its sockets. Only the first survivor to run this wins (and
-# recovers for it); the others get 0.
-# KEYS: seq, channel, servers, sockets, draining. ARGV: dead server, user-sockets prefix.
+# recovers for it); the others get 0. The winner is the one that sets the tombstone, not
+# the one that takes the process out of `rm:servers`: after Redis lost its data a dead
+# process may be in no set at all, only in the survivors' views. The tombstone lasts an
+# hour, long past any recovery; a false death is cleared by the process's next `up`.
+# KEYS: seq, channel, servers, sockets, draining, tombstone. ARGV: dead server,
+# user-sockets prefix.
 _DOWN = _HEAD + """
-if redis.call('SREM', KEYS[3], ARGV[1]) == 0 then return 0 end
+if not redis.call('SET', KEYS[6], '1', 'NX', 'EX', 3600) then return 0 end
+redis.call('SREM', KEYS[3], ARGV[1])
 local all = redis.call('HGETALL', KEYS[4])
 local prefix = ARGV[1] .. ' '
 for i = 1, #all, 2 do
@@ -263,7 +280,7 @@ class View:
                 self.draining.pop(uid, None)
         elif kind == "ping":
             self._caught_up(server, event["e"])
-        elif kind in ("returned", "recovered", "sealed"):
+        elif kind in ("returned", "recovered", "sealed", "redone"):
             if kind == "returned":
                 self._caught_up(server, event["e"])
                 for uid in event["u"]:
@@ -273,7 +290,9 @@ class View:
                     self.seals[(uid, event["e"])] = None
                 while len(self.seals) > MAX_SEALS:
                     del self.seals[next(iter(self.seals))]
-            else:
+            elif kind == "redone":
+                self.recovering.pop(f"gap {event['e']}", None)
+            elif kind == "recovered":
                 self.recovered.add(event["e"])
                 self.recovering.pop(event["e"], None)
             for uid in event["w"]:
@@ -282,6 +301,17 @@ class View:
             if server not in self.servers:
                 self.servers = sorted([*self.servers, server])
                 self._owners.clear()
+            self.opened(server)
+            # Sockets it put back after Redis lost them: new to a view loaded meanwhile.
+            for entry in event.get("k", ()):
+                sid, _, uid = entry.partition(" ")
+                socks = self.sockets.setdefault(uid, [])
+                if (server, sid) not in socks:
+                    socks.append((server, sid))
+            for uid in event.get("w", ()):
+                self._begin(uid, event["g"])
+        elif kind == "ready":
+            self.rejoined(server, event["g"])
         elif kind == "down":
             self.recovering[server] = time.monotonic()
             self.servers = [s for s in self.servers if s != server]
@@ -295,6 +325,43 @@ class View:
                     self.draining.pop(uid, None)
             for uid in list(self.returning):
                 self._returned(uid, server)
+
+    def opened(self, server: str) -> None:
+        """`server` announced itself and receives no messages until its `ready`: what is
+        its to do until then is redone after (see `rejoined`), and drains wait for that,
+        so a drain that begins meanwhile cannot end before the redo is in the queue."""
+        if len(self.servers) > 1:
+            self.recovering[f"gap {server}"] = time.monotonic()
+
+    def rejoined(self, server: str, seq: int) -> None:
+        """`server` receives messages from event `seq` (its `ready`) on. What was its to
+        do in its window, from the last event it had read (or its `up`) to here, every
+        other process that read it redoes (all of them may have been away too, after a
+        Redis restart, so not one chosen). Its users (those whose sockets are all on it)
+        drain from here, after the redo, so that nothing newer reaches them first: drains
+        wait for the first `redone`, or `RECOVERY_WAIT`."""
+        if len(self.servers) < 2:
+            return  # alone: nobody had anything of its to do
+        for uid, socks in self.sockets.items():
+            if socks and all(s == server for s, _ in socks):
+                self._begin(uid, seq)
+        self.recovering[f"gap {server}"] = time.monotonic()
+
+    def digest(self) -> str:
+        """A short hash of who is where: equal in every process that has read the same
+        events (the tests compare them once traffic stops)."""
+        state = [self.era, self.servers, sorted(self.sockets.items()), sorted(self.draining)]
+        return hashlib.sha1(json.dumps(state).encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+    def new_era(self, first: int, era: str) -> None:
+        """Redis lost its data, and event numbers start again at `first`: the view as it
+        stands carries over (every process read the same sequence up to here, and each
+        puts its own sockets back), renumbered. Certificates of how far a server read
+        count in the new numbers only, and drains wait for them anew."""
+        self.seq, self.count, self.era = first - 1, 0, era
+        self.caught_up.clear()
+        self.seals.clear()
+        self.draining = {uid: (first, owner) for uid, (_, owner) in self.draining.items()}
 
     def _begin(self, uid: str, seq: int) -> None:
         self.draining[uid] = (seq, self.owner(uid))
@@ -318,7 +385,8 @@ class View:
         return bool(self.recovering)
 
     def _caught_up(self, server: str, seq: int) -> None:
-        if seq > self.caught_up.get(server, 0):
+        # A number past the event being read is of an earlier era: it proves nothing now.
+        if self.caught_up.get(server, 0) < seq <= self.seq:
             self.caught_up[server] = seq
 
     def _returned(self, uid: str, server: str) -> None:
@@ -344,15 +412,15 @@ class Cluster:
         self._down = client.register_script(_DOWN)
         self._head = [names.CLUSTER_SEQ_KEY, names.CLUSTER_CHANNEL]
 
-    def up(self, own: Iterable[tuple[str, str]]) -> list[Any]:
-        """Join: returns [the number for early messages, event number, era, servers,
-        sockets, draining] as of our event."""
-        args: list[str] = [self.server_id, os.urandom(2).hex()]
+    def up(self, own: Iterable[tuple[str, str]], heartbeat: str, ttl: int) -> list[Any]:
+        """Join: returns [event number, era, servers, sockets, draining] as of our event."""
+        args: list[str | int] = [self.server_id, os.urandom(2).hex(), heartbeat, ttl]
         for sid, uid in own:
             args += (sid, uid)
         return self._up(
             keys=[*self._head, names.SERVERS_KEY, names.SOCKETS_KEY, names.DRAINING_KEY,
-                  names.CLUSTER_ERA_KEY, names.USER_SOCKETS_PREFIX],
+                  names.CLUSTER_ERA_KEY, names.USER_SOCKETS_PREFIX,
+                  names.server_key(self.server_id), names.tombstone_key(self.server_id)],
             args=args,
         )
 
@@ -380,7 +448,8 @@ class Cluster:
     def down(self, server_id: str) -> int:
         """Declare `server_id` dead; the event number if we were first, else 0."""
         return self._down(
-            keys=[*self._head, names.SERVERS_KEY, names.SOCKETS_KEY, names.DRAINING_KEY],
+            keys=[*self._head, names.SERVERS_KEY, names.SOCKETS_KEY, names.DRAINING_KEY,
+                  names.tombstone_key(server_id)],
             args=[server_id, names.USER_SOCKETS_PREFIX],
         )
 
@@ -388,7 +457,7 @@ class Cluster:
 def parse(data: bytes) -> dict[str, Any]:
     event = json.loads(data)
     # cjson writes an empty Lua table as {}, not [].
-    for key in ("x", "u", "w"):
+    for key in ("x", "u", "w", "k"):
         if event.get(key) == {}:
             event[key] = []
     return event

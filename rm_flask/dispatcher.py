@@ -37,6 +37,7 @@ LOG_RECOMMITS = 10  # recommits logged one by one per give-back; the rest as a c
 SETTLE_EVERY = 0.005  # seconds acks are gathered before one round trip clears them
 KEEP_RECENT = 30.0  # seconds of messages kept to redo the work of a server that dies
 DRAIN_RETRY = 1.0  # seconds before a drain that failed is started again
+SUSPENDED_AFTER = 8.0  # seconds without housekeeping after which we ask whether we were declared dead
 ADMIT_AT_ONCE = 8  # identifies announced to Redis at the same time, at most
 ADMIT_WITHIN = 5.0  # seconds an identify may wait for Redis before it is refused
 
@@ -102,8 +103,9 @@ class Incoming:
 class Joining:
     """What our `up` script returned: the cluster as of its event."""
 
-    early: int  # the number set aside for messages read before the event
     seq: int  # the `up` event's number
+    read: int  # the last event we had read before, in era `was` (0: none)
+    was: str
     era: str
     servers: list[str]
     sockets: list[bytes]
@@ -139,11 +141,11 @@ class Dispatcher:
         self._settle_wakeup = threading.Event()
         # What our `up` returned, until its event comes through the subscription.
         self._joining: Joining | None = None
-        # PUBLISHes read before our `up` event: (channel, data, when received). Decided
-        # once the view as of `up` is loaded, as that is the first view true for them.
-        self._early: list[tuple[str, bytes, int]] = []
         self.on_synced: Callable[[], None] = lambda: None
         self._admitting = threading.BoundedSemaphore(ADMIT_AT_ONCE)
+        # Where our window began (see `View.rejoined`): the last event we had read
+        # before losing the subscription, or our `up`. Our `ready` says it.
+        self.window_from = 0
         # (time, uid, who had to deliver or queue it, and the message's fields), for
         # `recover`. Plain values only: the collector skips such tuples, and there are
         # many of them.
@@ -156,19 +158,30 @@ class Dispatcher:
         self._read_downs: dict[int, str] = {}
         self.on_pong: Callable[[], None] = lambda: None
         self.on_declared_dead: Callable[[], None] = lambda: None
-        self.on_reset: Callable[[], None] = lambda: None
+        self.on_new_era: Callable[[], list[Any]] = lambda: []
+        # server -> when we last read an event it published: a live server pings each
+        # second, so silence is evidence of death that survives Redis losing its data.
+        self.heard: dict[str, float] = {}
+        self.synced_at = time.monotonic()  # when our view was last loaded
+        # When our housekeeping last ran: long ago means the process was paused, and may
+        # have been declared dead meanwhile. Then, until we read our own `down`, nothing
+        # we read is ours (`_given_up`).
+        self.alive_at = time.monotonic()
+        self._given_up = False
         self.on_suspect: Callable[[], None] = lambda: None
 
     ### Joining the cluster ###
 
-    def joining(self, snapshot: list[Any]) -> None:
+    def joining(self, snapshot: list[Any], read: int = 0, was: str = "") -> None:
         """Our `up` ran; `snapshot` is the cluster as of its event, which comes next.
+        `read`: the last event we had read before, of era `was` (0: none).
 
-        Messages read from now until that event are held (and those read before an
-        earlier `up` whose event never came: the subscription broke first).
+        Until we read that event we are not subscribed to the apps' channels (a message
+        read with no view true for it could not be decided alike everywhere); what was
+        ours to do until our `ready`, the others redo.
         """
-        early, seq, era, servers, sockets, draining = snapshot
-        self._joining = Joining(int(early), int(seq), era.decode(),
+        seq, era, servers, sockets, draining = snapshot
+        self._joining = Joining(int(seq), read, was, era.decode(),
                                 [s.decode() for s in servers], sockets, draining)
         self.view.synced = False
 
@@ -188,6 +201,8 @@ class Dispatcher:
         """
         run: list[Incoming] = []
         received = 0
+        if time.monotonic() - self.alive_at > SUSPENDED_AFTER and not self._given_up:
+            self._check_declared_dead()
         for channel, data in items:
             if channel == names.CLUSTER_CHANNEL:
                 if run:
@@ -206,45 +221,33 @@ class Dispatcher:
         if run:
             self._route(run)
 
+    def _check_declared_dead(self) -> None:
+        """We were not running for a while (the process was paused): if the others
+        declared us dead meanwhile, they redid our work up to their `down`, so what we
+        read until we reach that event is no longer ours to handle."""
+        try:
+            self._given_up = bool(self.store.listener_client.exists(names.tombstone_key(self.me)))
+        except redis.RedisError:
+            return
+        if self._given_up:
+            log.error("This server was declared dead while it was not running; leaving what "
+                      "it reads to the others until it rejoins")
+
     def _incoming(self, channel: str, data: bytes) -> Incoming | None:
         view = self.view
+        if self._given_up:
+            return None
         if view.synced:
             view.count += 1
             return Incoming(channel, data, view.era, view.seq, view.count)
-        self._early.append((channel, data, int(time.time() * 1000)))
+        # Not subscribed to it yet, or still to read our `up` after being declared dead:
+        # until our `ready`, the others redo what was ours.
         return None
-
-    def _route_early(self, joined: Joining) -> None:
-        """Decide what was read before our `up` event, now that the view is as of it.
-
-        Alone, it is ours: nobody else read it with a view that had a server in it. Its
-        ids take the number our `up` set aside, so they sort before everything after.
-        With other servers up, they handled it with their views.
-        """
-        early, self._early = self._early, []
-        if early and joined.servers == [self.me]:
-            log.info("Routing %d messages read while joining", len(early))
-            era = self.view.era
-            self._route([Incoming(channel, data, era, joined.early, n, received)
-                         for n, (channel, data, received) in enumerate(early, 1)])
 
     def _route(self, run: list[Incoming]) -> None:
         started = time.perf_counter()
         try:
-            accepted: list[tuple[tuple[str, str], Incoming]] = []
-            for incoming in run:
-                target = self._accept(incoming.channel, incoming.data)
-                if target is not None:
-                    accepted.append((target, incoming))
-            groups = {ident for (kind, ident), _ in accepted if kind == "group"}
-            members = self._members(groups) if groups else {}
-            plan: list[tuple[str, Incoming]] = []
-            for (kind, ident), incoming in accepted:
-                if kind == "user":
-                    plan.append((ident, incoming))
-                else:
-                    plan.extend((uid, incoming) for uid in members[ident])
-            handled = self._deliver(plan)
+            handled = self._deliver(self._plan(run))
             elapsed = time.perf_counter() - started
             for _ in range(handled):
                 self.metrics.latency.observe(elapsed)
@@ -253,6 +256,23 @@ class Dispatcher:
             # no, for example out of memory. Say so loudly; the listener goes on.
             log.exception("Failed to route %d messages; they are lost", len(run))
             self.metrics.failed.inc(len(run))
+
+    def _plan(self, run: list[Incoming]) -> list[tuple[str, Incoming]]:
+        """(uid, message) for each message and each user it is for (groups expanded)."""
+        accepted: list[tuple[tuple[str, str], Incoming]] = []
+        for incoming in run:
+            target = self._accept(incoming.channel, incoming.data)
+            if target is not None:
+                accepted.append((target, incoming))
+        groups = {ident for (kind, ident), _ in accepted if kind == "group"}
+        members = self._members(groups) if groups else {}
+        plan: list[tuple[str, Incoming]] = []
+        for (kind, ident), incoming in accepted:
+            if kind == "user":
+                plan.append((ident, incoming))
+            else:
+                plan.extend((uid, incoming) for uid in members[ident])
+        return plan
 
     def _accept(self, channel: str, data: bytes) -> tuple[str, str] | None:
         target = names.parse_channel(channel)
@@ -517,26 +537,47 @@ class Dispatcher:
             joining = self._joining
             if joining is not None and event["g"] == joining.seq:
                 view.load(joining.seq, joining.era, joining.servers, joining.sockets, joining.draining)
+                self.window_from = joining.read if joining.read and joining.was == view.era else joining.seq
+                view.opened(self.me)  # as the others did on reading our `up`
                 self._joining = None
                 log.info("Joined %d server(s) on this Redis: %s", len(view.servers), ", ".join(view.servers))
+                self.synced_at = time.monotonic()
                 self._loaded()
-                self._route_early(joining)
                 self.on_synced()
             return  # events before our `up` are in the state it returned
         if event["g"] <= view.seq:
-            # The numbers started again: Redis lost its data (a restart without
-            # persistence, or FLUSHALL). Join again, as a new era.
-            log.warning("Redis lost the cluster's state; announcing this server and its sockets again")
-            self.recent.clear()
-            self.checkpoint = 0
-            self.on_reset()
-            return
+            self._new_era(event["g"])
         kind = event["t"]
+        if kind != "down":
+            self.heard[event["s"]] = time.monotonic()
         if kind != "ping":
             log.debug("Cluster event %s", event)
         homes = self._homes_of(event) if kind in ("off", "down") else {}
         view.apply(event)
         getattr(self, f"_on_{kind}")(event, homes)
+
+    def _new_era(self, first: int) -> None:
+        """The numbers started again at event `first`: Redis lost its data (a restart
+        without persistence, FLUSHALL). Every process reads this same event as the first
+        of the new era, with the same view: each keeps it, puts its own sockets and
+        in-flight records back, and goes on. Messages are decided from the view at once,
+        by every process alike, with ids of the new era."""
+        log.warning("Redis lost the cluster's state; a new era: announcing this server, its "
+                    "sockets and what it has in flight again")
+        snapshot = self.on_new_era()
+        self.view.new_era(first, snapshot[1].decode())
+        self.checkpoint = 0
+        self._won.clear()
+        self._read_downs.clear()
+        writes = self.store.writes(from_listener=True)
+        for user in list(self.registry.users.values()):
+            with self.registry.user_lock(user.uid):
+                if user.end is not None:
+                    user.end = (first, user.end[1])
+                for pending in user.pending.values():
+                    writes.track(user.uid, pending.message.stored)
+        if writes:
+            retrying("recording what is in flight again", writes.execute)
 
     def _loaded(self) -> None:
         """Act on the state we joined with as if we had read it happen: after a lost
@@ -585,8 +626,11 @@ class Dispatcher:
             recent.popleft()
 
     def _on_up(self, event: dict[str, Any], _: Any) -> None:
-        if event["s"] != self.me:
-            log.info("Server %s joined; %d on this Redis", event["s"], len(self.view.servers))
+        server = event["s"]
+        if server != self.me:
+            log.info("Server %s joined; %d on this Redis", server, len(self.view.servers))
+        for uid in event.get("w", ()):
+            self._began(uid, event["g"])
 
     def _on_on(self, event: dict[str, Any], _: Any) -> None:
         uid = event["u"]
@@ -628,6 +672,7 @@ class Dispatcher:
         dead = event["s"]
         if dead == self.me:
             log.error("Other servers declared this one dead (its heartbeat lapsed); rejoining")
+            self._given_up = False
             self.on_declared_dead()
             return
         log.warning("Server %s is gone; %d left on this Redis", dead, len(self.view.servers))
@@ -672,6 +717,19 @@ class Dispatcher:
 
     def _on_returned(self, event: dict[str, Any], _: Any) -> None:
         self._wake_drains(event["u"])
+        for uid in event["w"]:
+            self._began(uid, event["g"])
+
+    def _on_ready(self, event: dict[str, Any], _: Any) -> None:
+        """A server receives messages from here on; what was its to do in its window
+        (from event `e`), we redo, as does every other process that read this (each id
+        goes into a queue once, whoever merges it first)."""
+        server = event["s"]
+        if server != self.me and len(self.view.servers) > 1:
+            self.spawn(self.redo_gap, server, event["e"], event["g"])
+
+    def _on_redone(self, event: dict[str, Any], _: Any) -> None:
+        self._wake_drains([u.uid for u in list(self.registry.users.values()) if u.draining])
         for uid in event["w"]:
             self._began(uid, event["g"])
 
@@ -1108,6 +1166,44 @@ class Dispatcher:
 
     ### A server that died ###
 
+    def redo_gap(self, server: str, since: int, until: int) -> None:
+        """`server` received no messages from event `since` to `until` (a lost
+        subscription, or joining): queue, in their places, the messages it was to
+        deliver or queue meanwhile (from our own copy of the sequence); its users'
+        queues drain once this is announced."""
+        try:
+            era = self.view.era
+            owed = self._owed_by(server, since, until, era)
+            added = {uid: retrying(f"redoing for {uid}", partial(self.store.merge, uid, era, stored))
+                     for uid, stored in owed.items()}
+            uids = sorted(uid for uid, n in added.items() if n)
+            if uids:
+                log.warning("Server %s received no messages for a while; %d of those it was to "
+                            "handle queued again for %d users", server, sum(added.values()), len(uids))
+        except Exception:
+            log.exception("Could not redo what server %s missed", server)
+            uids = []
+        # Its users drain once this is read (they began at its `ready`); those given
+        # something by a later redo than the first drain again.
+        retrying(f"announcing the redo for {server}",
+                 lambda: self.cluster.mark("redone", uids, drain="start", ref=server))
+
+    def _owed_by(self, server: str, since: int, until: int, era: str) -> dict[str, list[str]]:
+        """From our copy of the sequence: the messages only `server` was to deliver or
+        queue, from event `since` (0: from the start of what we kept) up to `until`."""
+        owed: dict[str, list[str]] = {}
+        for _, uid, duty, *fields in list(self.recent):
+            incoming = Incoming(*fields)
+            if duty != server:
+                continue
+            if incoming.era == era:
+                if not since <= incoming.seq < until:
+                    continue
+            elif since:
+                continue  # it had handled everything of the era before its checkpoint's
+            owed.setdefault(uid, []).append(incoming.message().stored)
+        return owed
+
     def recover(self, dead: str, down_at: int) -> None:
         """Redo what `dead` had not finished: give back its in-flight messages, and queue
         the messages it was to deliver or queue since its last checkpoint, from our own
@@ -1115,11 +1211,7 @@ class Dispatcher:
         try:
             raw = self.store.redis.get(names.checkpoint_key(dead))
             since = int(raw) if raw else 0
-            owed: dict[str, list[str]] = {}
-            for _, uid, duty, *fields in list(self.recent):
-                incoming = Incoming(*fields)
-                if duty == dead and since <= incoming.seq < down_at:
-                    owed.setdefault(uid, []).append(incoming.message().stored)
+            owed = self._owed_by(dead, since, down_at, self.view.era)
             uids = sorted(set(owed) | self.store.inflight_users(dead))
             given = 0
             for uid in uids:

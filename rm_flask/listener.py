@@ -25,7 +25,8 @@ class Listener:
     """PSUBSCRIBE `rm.*`, deliver, and come back by itself after Redis goes away.
 
     It also follows `rm:cluster`, the other servers' events, in the same sequence; once
-    subscribed it calls `on_subscribed` (which announces this server) before reading on.
+    subscribed it calls `on_subscribed` (which announces this server) before reading on,
+    and subscribes to the apps' channels when told to (`listen_to_messages`).
 
     Liveness is proven end to end: the service publishes a ping event now and then, and
     `pong()` records when it came back through the subscription. A
@@ -40,11 +41,14 @@ class Listener:
         on_messages: Callable[[list[tuple[str, bytes]]], None],
         on_subscribed: Callable[[], None],
         on_reconnect: Callable[[], None] | None = None,
+        on_listening: Callable[[], None] = lambda: None,
     ) -> None:
         self.client = client
         self.on_messages = on_messages
         self.on_subscribed = on_subscribed
         self.on_reconnect = on_reconnect
+        self.on_listening = on_listening  # subscribed to the apps' channels
+        self._listening_to_messages = False
         self.subscribed = False
         self.last_pong = 0.0
         self.last_received = 0.0
@@ -67,10 +71,11 @@ class Listener:
             pubsub = self.client.pubsub()
             self._pubsub = pubsub
             try:
-                # The cluster's channel first: once it is confirmed we announce
-                # ourselves, and only then can an app's message reach us.
+                # The cluster's channel only: once it is confirmed we announce
+                # ourselves, and the apps' channels follow once we have read that
+                # (`listen_to_messages`), so no message reaches us before our view.
                 pubsub.subscribe(names.CLUSTER_CHANNEL)
-                pubsub.psubscribe(names.PATTERN)
+                self._listening_to_messages = False
                 for message in pubsub.listen():
                     batch: list[tuple[str, bytes]] = []
                     try:
@@ -127,8 +132,22 @@ class Listener:
         elif kind == "psubscribe":
             self._on_subscribed(self._down_since)
             self._down_since = None
+            self.on_listening()
             return True
         return False
+
+    def listen_to_messages(self) -> None:
+        """Our view is loaded: subscribe to the apps' channels (from the listener's own
+        greenlet, which reads the reply). If we are already (a rejoin after being
+        declared dead, say), say so at once."""
+        pubsub = self._pubsub
+        if pubsub is None:
+            return
+        if self._listening_to_messages:
+            self.on_listening()
+            return
+        self._listening_to_messages = True
+        pubsub.psubscribe(names.PATTERN)
 
     def _on_subscribed(self, down_since: float | None) -> None:
         self.subscribed = True

@@ -138,6 +138,16 @@ def user_sockets_key(uid: str) -> str:
     return f"{USER_SOCKETS_PREFIX}{uid}"
 
 
+def tombstone_key(server_id: str) -> str:
+    """Set by the survivor that declared `server_id` dead: only one may, once."""
+    return f"{PREFIX}:servers:{server_id}:down"
+
+
+def merged_key(uid: str) -> str:
+    """Ids merged lately into `uid`'s queue by a redo, so that several redoers merge each once."""
+    return f"{PREFIX}:users:{uid}:merged"
+
+
 def checkpoint_key(server_id: str) -> str:
     """The last event before which `server_id` has handled every message for good."""
     return f"{PREFIX}:servers:{server_id}:checkpoint"

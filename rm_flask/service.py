@@ -82,16 +82,18 @@ class Service:
         )
         self.listener = Listener(
             self.pubsub_redis, self.dispatcher.route_batch, on_subscribed=self._join,
-            on_reconnect=self.metrics.redis_reconnects.inc,
+            on_reconnect=self.metrics.redis_reconnects.inc, on_listening=self._ready,
         )
         self.dispatcher.on_pong = self.listener.pong
-        self.dispatcher.on_declared_dead = self._join
-        self.dispatcher.on_reset = self._join
+        # The survivor that declared us dead redid our work: we rejoin with no gap to redo.
+        self.dispatcher.on_declared_dead = lambda: self._join(gap=False)
+        self.dispatcher.on_new_era = self._announce
         self.dispatcher.on_suspect = self._reap_soon
         # Set when the view is loaded after a (re)join: identifies held meanwhile go on.
         self._synced = threading.Event()
-        self.dispatcher.on_synced = self._synced.set
+        self.dispatcher.on_synced = self.listener.listen_to_messages
         self._last_reap = 0.0
+        self._about = f"{socket.gethostname()} {os.getpid()}"  # what a heartbeat says
         # Whether Redis answered the last heartbeat (each second). The listener may still
         # count as subscribed while Redis is gone: it retries the writes of messages it
         # already holds before it reads on and finds the connection closed.
@@ -166,16 +168,28 @@ class Service:
 
     ### Liveness ###
 
-    def _join(self) -> None:
+    def _join(self, gap: bool = True) -> None:
         """Subscribed (again): announce this server and learn the cluster as of then."""
         self._synced.clear()
-        snapshot = retrying("announcing this server",
-                            lambda: self.cluster.up(self.dispatcher.own_sockets()))
-        self.dispatcher.joining(snapshot)
+        view = self.dispatcher.view
+        read, era = (view.seq, view.era) if view.synced and gap else (0, "")
+        self.dispatcher.joining(self._announce(), read, era)
+
+    def _announce(self) -> list[Any]:
+        """Run our `up`: this server, its heartbeat and its sockets; returns the cluster
+        as of that event."""
+        return retrying("announcing this server", lambda: self.cluster.up(
+            self.dispatcher.own_sockets(), self._about, HEARTBEAT_TTL))
+
+    def _ready(self) -> None:
+        """Subscribed to the apps' channels with our view loaded: say from where the
+        others must redo what was ours (see `View.rejoined`)."""
+        retrying("announcing this server ready", lambda: self.cluster.mark(
+            "ready", ref=self.dispatcher.window_from))
+        self._synced.set()
 
     def _heartbeat(self) -> None:
-        about = f"{socket.gethostname()} {os.getpid()}"
-        self.housekeeping_redis.set(names.server_key(self.server_id), about, ex=HEARTBEAT_TTL)
+        self.housekeeping_redis.set(names.server_key(self.server_id), self._about, ex=HEARTBEAT_TTL)
 
     def _reap_soon(self) -> None:
         """Look for dead servers now, unless someone just did (at most 5 times a second)."""
@@ -185,13 +199,18 @@ class Service:
     def reap_dead_servers(self, now: bool = False) -> None:
         """Declare dead the servers that died; the first survivor to do so redoes their work.
 
-        A server is dead when its heartbeat expired, or when Redis holds no connection of
-        its (a process that is killed loses its connections at once, so its users, who
-        reconnect elsewhere within a second or two, are served again within about as long).
+        Evidence that survives Redis losing its data, not keys it may have lost: a server
+        is dead when Redis holds no connection of its (a process that is killed loses its
+        connections at once, so its users, who reconnect elsewhere within a second or
+        two, are served again within about as long), or when it has published nothing
+        (not even its pings, each second) for `HEARTBEAT_TTL` seconds while ours came
+        back on time. The servers are those in `rm:servers` and those in our view, which
+        after a FLUSHALL may be in no set at all until they announce themselves again.
         """
         self._last_reap = time.monotonic()
         try:
-            others = {m.decode() for m in self.redis.smembers(names.SERVERS_KEY)} - {self.server_id}
+            members = {m.decode() for m in self.redis.smembers(names.SERVERS_KEY)}
+            others = (members | set(self.dispatcher.view.servers)) - {self.server_id}
             if not others:
                 return
             try:
@@ -199,8 +218,11 @@ class Service:
             except redis.ResponseError:  # CLIENT LIST may be disabled on managed Redis
                 connected = None
             for other in sorted(others):
-                alive = self.redis.exists(names.server_key(other))
-                if alive and (connected is None or names.client_name(other) in connected):
+                if connected is not None and names.client_name(other) not in connected:
+                    log.info("Server %s has no connection to Redis", other)
+                elif self._silent(other):
+                    log.info("Server %s has published nothing for %ds", other, HEARTBEAT_TTL)
+                else:
                     continue
                 seq = self.cluster.down(other)
                 if seq and now:
@@ -209,6 +231,13 @@ class Service:
                     self.dispatcher.won(other, seq)
         except redis.RedisError as exc:
             log.warning("Could not check for dead servers: %s", exc)
+
+    def _silent(self, other: str) -> bool:
+        now = time.monotonic()
+        if not self.listener.last_pong or now - self.listener.last_pong > 3:
+            return False  # we read late ourselves: silence would prove nothing
+        heard = self.dispatcher.heard.get(other, self.dispatcher.synced_at)
+        return now - heard > HEARTBEAT_TTL
 
     def _housekeeping(self) -> None:
         while not self._stopped.wait(HOUSEKEEPING_EVERY):
@@ -219,6 +248,7 @@ class Service:
                 # Says how far our listener has read: a drain waiting on us can go on.
                 self.housekeeping_cluster.mark("ping", ref=self.dispatcher.view.seq)
                 self.redis_ok = True
+                self.dispatcher.alive_at = time.monotonic()
                 if (
                     self.listener.subscribed
                     and time.monotonic() - self.listener.last_received > STUCK_AFTER
@@ -268,6 +298,8 @@ class Service:
             "server": self.server_id,
             "connections": self.registry.count(),
             "servers": len(self.dispatcher.view.servers),
+            "view": self.dispatcher.view.digest(),
+            "seq": self.dispatcher.view.seq,
         }
         try:
             self.redis.ping()

