@@ -44,7 +44,8 @@ def inflight_left(r: redis.Redis) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("start", range(STARTS))
-def test_a_server_started_into_traffic_loses_nothing(start: int, tmp_path: Path, logs_dir: Path) -> None:
+def test_a_server_started_into_traffic_loses_nothing(start: int, tmp_path: Path, logs_dir: Path,
+                                                     summary) -> None:
     redis_server = start_redis(tmp_path / "redis")
     r = redis.Redis(port=redis_server.port)
     online = [f"start{start}-on{i}" for i in range(ONLINE)]
@@ -83,7 +84,7 @@ def test_a_server_started_into_traffic_loses_nothing(start: int, tmp_path: Path,
 
         wait_until(settled, 20, "every owed message received by the online tabs and settled")
         totals = account(stream, {uid: tab.payloads() for uid, tab in tabs.items()}, r)
-        print(f"start {start}: {totals}")
+        summary(**totals, identifies_refused=len(refused))
         assert totals["lost"] == 0, totals
         assert totals["out_of_order"] == 0, totals
         assert totals["duplicated"] == 0, totals

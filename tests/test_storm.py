@@ -22,7 +22,7 @@ from bench.loadgen import Pool, parse_payload
 from bench.procs import raise_nofile
 from tests.support.processes import ServerProcess, start_redis, wait_until
 
-SOCKETS = int(os.environ.get("RM_STORM_SOCKETS", "3000"))
+SOCKETS = int(os.environ.get("RM_STORM_SOCKETS", "10000"))  # conn_limit's default
 WITHIN = 120.0  # seconds for every socket to be back and identified (figures: see the print)
 RATE = 500  # PUBLISHes a second, throughout
 
@@ -75,7 +75,8 @@ def queued_seqs(r: redis.Redis, uids: list[str]) -> dict[str, list[int]]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_every_socket_of_a_restarted_server_comes_back_at_once(tmp_path: Path, logs_dir: Path) -> None:
+def test_every_socket_of_a_restarted_server_comes_back_at_once(tmp_path: Path, logs_dir: Path,
+                                                               summary) -> None:
     raise_nofile(3 * SOCKETS + 2000)
     redis_server = start_redis(tmp_path / "redis", persist=False)
     r = redis.Redis(port=redis_server.port)
@@ -104,7 +105,6 @@ def test_every_socket_of_a_restarted_server_comes_back_at_once(tmp_path: Path, l
                            "timeout": WITHIN} for part in pool.split(uids)], timeout=WITHIN + 60)
         took = time.monotonic() - started
         errors = [w["errors"] for w in back if w["errors"]]
-        print(f"storm: {SOCKETS} sockets back and identified in {took:.1f}s, errors {errors}")
         assert sum(w["ok"] for w in back) == SOCKETS and took <= WITHIN, back
         assert not errors, f"refused or failed while coming back: {errors}"
         time.sleep(2)  # traffic goes on a little after everyone is back
@@ -133,7 +133,7 @@ def test_every_socket_of_a_restarted_server_comes_back_at_once(tmp_path: Path, l
         try:
             wait_until(settled, 60, "every owed message received or queued")
         finally:
-            print(f"storm: {totals}, unseen while no server listened: {publisher.unseen}")
+            summary(sockets=SOCKETS, back_in_s=round(took, 1), **totals, unseen=publisher.unseen)
         assert totals["owed"] > 0
         assert server.metric("rm_redis_reconnects_total") == 0, "the subscription was replaced"
         assert server.metric('rm_identify_failures_total{reason="unavailable"}') == 0

@@ -272,14 +272,14 @@ NOT_YET = {
 @pytest.mark.parametrize("fault", [
     pytest.param(f, marks=pytest.mark.xfail(reason=f"issue #10: {NOT_YET[f]}", strict=False))
     if f in NOT_YET else f for f in THREE])
-def test_three_processes(fault: str, run: int, tmp_path: Path, logs_dir: Path) -> None:
-    check(run_transition(fault, 3, tmp_path, logs_dir))
+def test_three_processes(fault: str, run: int, tmp_path: Path, logs_dir: Path, summary) -> None:
+    check(summary(**run_transition(fault, 3, tmp_path, logs_dir)))
 
 
 @pytest.mark.parametrize("fault", ONE)
-def test_one_process(fault: str, tmp_path: Path, logs_dir: Path) -> None:
-    check(run_transition(fault, 1, tmp_path, logs_dir))
+def test_one_process(fault: str, tmp_path: Path, logs_dir: Path, summary) -> None:
+    check(summary(**run_transition(fault, 1, tmp_path, logs_dir)))
 
 
-def test_three_processes_one_paused_past_its_heartbeat(tmp_path: Path, logs_dir: Path) -> None:
-    check(run_transition("sigstop_past_heartbeat", 3, tmp_path, logs_dir))
+def test_three_processes_one_paused_past_its_heartbeat(tmp_path: Path, logs_dir: Path, summary) -> None:
+    check(summary(**run_transition("sigstop_past_heartbeat", 3, tmp_path, logs_dir)))
