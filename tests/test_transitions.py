@@ -242,13 +242,21 @@ def run_transition(fault: str, processes: int, tmp_path: Path, logs_dir: Path) -
         redis_server.stop()
 
 
+# Faults after which users reconnect to another process: README's "late after a
+# reconnect" may happen there (a newer message before one the gone process held).
+RECONNECT_ELSEWHERE = {"sigterm_one", "kill9_one", "kill9_then_flushall"}
+
+
 def check(counts: dict[str, object]) -> None:
     assert counts["lost"] == 0, counts
     assert counts["queue_duplicates"] == 0, counts
     assert counts["delivered_and_queued"] == 0, counts
-    assert counts["late"] == 0, counts
     assert counts["in_flight"] == 0, counts
     assert counts["views_agree"], counts
+    if counts["late"] and counts["fault"] in RECONNECT_ELSEWHERE:
+        pytest.xfail(f"issue #10, late after a reconnect elsewhere: {counts['late']}: "
+                     f"{counts['late_examples']}")
+    assert counts["late"] == 0, counts
 
 
 THREE = ["flushall", "restart_empty", "restart_aof", "client_kill_one", "client_pause",
@@ -265,6 +273,8 @@ NOT_YET = {
                 "for one online user, published 0.1-0.2 s after the FLUSHALL; not yet explained",
     "restart_empty": "Redis restarting empty under 3 processes: in 1 of 6 runs an id twice in a "
                      "queue (2 samples) and 2 messages left in flight; 0 lost in all 6",
+    "kill9_then_flushall": "kill -9 of one of 3 then FLUSHALL: 214 of 2,087 lost in 1 of 6 runs "
+                           "(published 0.2-0.25 s after the fault), 0 in the others",
 }
 
 
