@@ -153,10 +153,6 @@ class Message:
         self._frames: tuple[str, str] | None = None
 
     @classmethod
-    def from_stored(cls, stored: str) -> Message:
-        return cls(loads(stored), stored)
-
-    @classmethod
     def from_queue(cls, raw: bytes, uid_channel: str) -> tuple[Message, bool]:
         """A queue entry as a message; True with it if another program wrote the entry,
         which then travels in the form `adopt` gives it."""
