@@ -258,13 +258,15 @@ def test_publish_over_max_payload_is_dropped_counted_and_harmless(make_server, r
 ### Rate limits ###
 
 
-def identify_many(url: str, identifiers: list[Any], threads: int = 1) -> list[Any]:
-    """Each identifier on a connection of its own; the replies, in order."""
+def identify_many(url: str | list[str], identifiers: list[Any], threads: int = 1) -> list[Any]:
+    """Each identifier on a connection of its own (identifier i to url i mod the number of
+    urls, when given several); the replies, in order."""
+    urls = [url] if isinstance(url, str) else url
     replies: list[Any] = [None] * len(identifiers)
 
     def work(indices: range) -> None:
         for i in indices:
-            client = RawClient(url)
+            client = RawClient(urls[i % len(urls)])
             try:
                 replies[i] = client.identify(identifiers[i])
             finally:

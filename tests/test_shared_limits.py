@@ -2,37 +2,19 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from typing import Any
 
 from tests.support.cluster import start_servers
-from tests.test_hostile import RawClient, identify_many
+from tests.test_hostile import identify_many
 
 PER_UID = 10
 
 
 def identify_round_robin(servers: list[Any], identifiers: list[Any], threads: int = 1) -> list[Any]:
     """Identifier i goes to server i mod len(servers), each on a connection of its own."""
-    replies: list[Any] = [None] * len(identifiers)
-
-    def work(indices: range) -> None:
-        for i in indices:
-            client = RawClient(servers[i % len(servers)].url)
-            try:
-                replies[i] = client.identify(identifiers[i])
-            finally:
-                client.close()
-
-    chunk = -(-len(identifiers) // threads)
-    workers = [threading.Thread(target=work, args=(range(s, min(s + chunk, len(identifiers))),))
-               for s in range(0, len(identifiers), chunk)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(60)
-    return replies
+    return identify_many([s.url for s in servers], identifiers, threads)
 
 
 def outcome(replies: list[Any]) -> Counter:
