@@ -50,18 +50,21 @@ end
 # tombstone of an earlier false death is cleared. The process subscribes to the apps'
 # channels only once it has read this event, and then publishes `ready` (see View).
 # KEYS: seq, channel, servers, sockets, draining, era, user-sockets prefix, heartbeat,
-# tombstone. ARGV: server, era candidate, heartbeat text, heartbeat TTL, then sid, uid
-# pairs.
+# tombstone. ARGV: server, era candidate, heartbeat text, heartbeat TTL, 1 if the process
+# was not subscribed (it joins, or lost its subscription: it publishes `ready` once it
+# receives messages again) or 0 (still subscribed, after FLUSHALL: nothing was missed),
+# then sid, uid pairs.
 _UP = _HEAD + """
 redis.call('SET', KEYS[8], ARGV[3], 'EX', ARGV[4])
 redis.call('DEL', KEYS[9])
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('SET', KEYS[6], ARGV[2], 'NX')
 local back, started = {}, {}
-for i = 5, #ARGV, 2 do
+local rejoin = ARGV[5] == '1'
+for i = 6, #ARGV, 2 do
   local member, users = ARGV[1] .. ' ' .. ARGV[i], KEYS[7] .. ARGV[i + 1]
   if redis.call('HEXISTS', KEYS[4], member) == 0 then
-    if redis.call('ZCARD', users) == 0 then started[#started + 1] = ARGV[i + 1] end
+    if rejoin and redis.call('ZCARD', users) == 0 then started[#started + 1] = ARGV[i + 1] end
     local g = redis.call('INCR', KEYS[1])
     redis.call('HSET', KEYS[4], member, g .. ' ' .. ARGV[i + 1])
     redis.call('ZADD', users, g, member)
@@ -69,10 +72,12 @@ for i = 5, #ARGV, 2 do
   end
 end
 -- A user whose sockets are back after being nowhere drains: others may have queued for
--- them meanwhile (an owner that came back first decided them offline).
+-- them meanwhile (an owner that came back first decided them offline). Still subscribed,
+-- every process kept deciding with the same view all along, and nobody did.
 local g = redis.call('INCR', KEYS[1])
 for _, uid in ipairs(started) do redis.call('HSET', KEYS[5], uid, g) end
-redis.call('PUBLISH', KEYS[2], cjson.encode({g = g, t = 'up', s = ARGV[1], k = back, w = started}))
+redis.call('PUBLISH', KEYS[2], cjson.encode({g = g, t = 'up', s = ARGV[1], k = back, w = started,
+  r = rejoin and 1 or 0}))
 return {g, redis.call('GET', KEYS[6]), redis.call('SMEMBERS', KEYS[3]),
         redis.call('HGETALL', KEYS[4]), redis.call('HGETALL', KEYS[5])}
 """
@@ -301,7 +306,8 @@ class View:
             if server not in self.servers:
                 self.servers = sorted([*self.servers, server])
                 self._owners.clear()
-            self.opened(server)
+            if event.get("r", 1):
+                self.opened(server)
             # Sockets it put back after Redis lost them: new to a view loaded meanwhile.
             for entry in event.get("k", ()):
                 sid, _, uid = entry.partition(" ")
@@ -412,9 +418,11 @@ class Cluster:
         self._down = client.register_script(_DOWN)
         self._head = [names.CLUSTER_SEQ_KEY, names.CLUSTER_CHANNEL]
 
-    def up(self, own: Iterable[tuple[str, str]], heartbeat: str, ttl: int) -> list[Any]:
-        """Join: returns [event number, era, servers, sockets, draining] as of our event."""
-        args: list[str | int] = [self.server_id, os.urandom(2).hex(), heartbeat, ttl]
+    def up(self, own: Iterable[tuple[str, str]], heartbeat: str, ttl: int,
+           rejoin: bool = True) -> list[Any]:
+        """Join: returns [event number, era, servers, sockets, draining] as of our event.
+        `rejoin`: we were not subscribed until now, and publish `ready` once we are."""
+        args: list[str | int] = [self.server_id, os.urandom(2).hex(), heartbeat, ttl, int(rejoin)]
         for sid, uid in own:
             args += (sid, uid)
         return self._up(

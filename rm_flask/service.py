@@ -8,6 +8,7 @@ import os
 import socket
 import threading
 import time
+from functools import partial
 from typing import Any
 
 import redis
@@ -87,7 +88,7 @@ class Service:
         self.dispatcher.on_pong = self.listener.pong
         # The survivor that declared us dead redid our work: we rejoin with no gap to redo.
         self.dispatcher.on_declared_dead = lambda: self._join(gap=False)
-        self.dispatcher.on_new_era = self._announce
+        self.dispatcher.on_new_era = partial(self._announce, rejoin=False)
         self.dispatcher.on_suspect = self._reap_soon
         # Set when the view is loaded after a (re)join: identifies held meanwhile go on.
         self._synced = threading.Event()
@@ -175,11 +176,11 @@ class Service:
         read, era = (view.seq, view.era) if view.synced and gap else (0, "")
         self.dispatcher.joining(self._announce(), read, era)
 
-    def _announce(self) -> list[Any]:
+    def _announce(self, rejoin: bool = True) -> list[Any]:
         """Run our `up`: this server, its heartbeat and its sockets; returns the cluster
-        as of that event."""
+        as of that event. `rejoin`: we were not subscribed (see `Cluster.up`)."""
         return retrying("announcing this server", lambda: self.cluster.up(
-            self.dispatcher.own_sockets(), self._about, HEARTBEAT_TTL))
+            self.dispatcher.own_sockets(), self._about, HEARTBEAT_TTL, rejoin))
 
     def _ready(self) -> None:
         """Subscribed to the apps' channels with our view loaded: say from where the

@@ -121,6 +121,15 @@ def queued(r: redis.Redis, uid: str) -> list[str]:
     return [json.loads(raw)["payload"] for raw in r.lrange(f"rm:users:{uid}:messages", 0, -1)]
 
 
+def in_flight(r: redis.Redis) -> dict[str, set[str]]:
+    """uid -> payloads taken for delivery and not yet acknowledged, on any server."""
+    out: dict[str, set[str]] = {}
+    for key in r.scan_iter("rm:inflight:*:*"):
+        uid = key.decode().split(":", 3)[3]
+        out.setdefault(uid, set()).update(json.loads(raw)["payload"] for raw in r.zrange(key, 0, -1))
+    return out
+
+
 def views_agree(servers: list[ServerProcess]) -> bool:
     try:
         digests = {s.health()[1]["view"] for s in servers}
@@ -169,25 +178,27 @@ def run_transition(fault: str, processes: int, tmp_path: Path, logs_dir: Path) -
             excusable = {p for p, at in stream.sent_at.items() if at < fault_done + 0.05}
 
         def missing() -> dict[str, set[str]]:
+            """Owed and nowhere: not received, not queued, not taken for delivery (a
+            message a drain has just taken is on its way to the tab)."""
             out = {}
+            taken = in_flight(r)
             for uid in online + offline:
-                have = set(received(uid)) | set(queued(r, uid))
+                have = set(received(uid)) | set(queued(r, uid)) | taken.get(uid, set())
                 out[uid] = {p for p in stream.owed.get(uid, []) if p not in have}
             return out
 
         try:
             wait_until(lambda: not any(m - excusable for m in missing().values()), 40,
-                       "every owed message received or queued")
+                       "every owed message received, queued or on its way")
         except AssertionError:
             pass  # counted below
-        wait_until(lambda: sum(r.zcard(k) for k in r.scan_iter("rm:inflight:*:*")) == 0
-                   or any(missing().values()), 20, "nothing left in flight")
-        # Online users' queues drain (a drain may still be under way: that is not "both").
+        # Online users' queues drain and their tabs acknowledge everything (a drain may
+        # still be under way: that is not "both").
         try:
-            wait_until(lambda: not any(r.llen(f"rm:users:{uid}:messages") for uid in online), 20,
-                       "the online users' queues drained")
+            wait_until(lambda: not any(r.llen(f"rm:users:{uid}:messages") for uid in online)
+                       and not in_flight(r), 30, "the online users' queues drained, nothing in flight")
         except AssertionError:
-            pass  # counted below, as delivered and queued or lost
+            pass  # counted below, as delivered and queued, in flight, or lost
         gone = missing()
         lost = sum(len(m - excusable) for m in gone.values())
         deleted = sum(len(m & excusable) for m in gone.values())
@@ -208,7 +219,7 @@ def run_transition(fault: str, processes: int, tmp_path: Path, logs_dir: Path) -
                     late += 1
                     late_examples.append((uid, p, stream.owed[uid][top]))
                 top = max(top, i)
-        in_flight = sum(r.zcard(k) for k in r.scan_iter("rm:inflight:*:*"))
+        left_in_flight = sum(map(len, in_flight(r).values()))
         agree = True
         try:
             wait_until(lambda: views_agree(rig.alive()), 15, "the processes' views to agree")
@@ -220,7 +231,7 @@ def run_transition(fault: str, processes: int, tmp_path: Path, logs_dir: Path) -
                   "lost_examples": examples,
                   "deleted_by_the_fault": deleted, "queue_duplicates": sum(rig.queue_dups.values()),
                   "delivered_and_queued": both, "late": late, "duplicates_received": dup,
-                  "in_flight": in_flight, "views_agree": agree, "unseen": stream.unseen,
+                  "in_flight": left_in_flight, "views_agree": agree, "unseen": stream.unseen,
                   "late_examples": late_examples[:4], "fault_s": round(fault_done - faulted, 2),
                   "queue_duplicate_examples": sorted(rig.queue_dups)[:4]}
         print(f"transition {counts}")
