@@ -285,7 +285,7 @@ class View:
                 self.draining.pop(uid, None)
         elif kind == "ping":
             self._caught_up(server, event["e"])
-        elif kind in ("returned", "recovered", "sealed", "redone"):
+        elif kind in ("returned", "recovered", "sealed", "redone", "ready"):
             if kind == "returned":
                 self._caught_up(server, event["e"])
                 for uid in event["u"]:
@@ -300,6 +300,8 @@ class View:
             elif kind == "recovered":
                 self.recovered.add(event["e"])
                 self.recovering.pop(event["e"], None)
+            elif kind == "ready":
+                self.rejoined(server)
             for uid in event["w"]:
                 self._begin(uid, event["g"])
         elif kind == "up":
@@ -316,8 +318,6 @@ class View:
                     socks.append((server, sid))
             for uid in event.get("w", ()):
                 self._begin(uid, event["g"])
-        elif kind == "ready":
-            self.rejoined(server, event["g"])
         elif kind == "down":
             self.recovering[server] = time.monotonic()
             self.servers = [s for s in self.servers if s != server]
@@ -339,19 +339,27 @@ class View:
         if len(self.servers) > 1:
             self.recovering[f"gap {server}"] = time.monotonic()
 
-    def rejoined(self, server: str, seq: int) -> None:
-        """`server` receives messages from event `seq` (its `ready`) on. What was its to
-        do in its window, from the last event it had read (or its `up`) to here, every
-        other process that read it redoes (all of them may have been away too, after a
-        Redis restart, so not one chosen). Its users (those whose sockets are all on it)
-        drain from here, after the redo, so that nothing newer reaches them first: drains
-        wait for the first `redone`, or `RECOVERY_WAIT`."""
+    def rejoined(self, server: str) -> None:
+        """`server` receives messages from its `ready` on. What was its to do in its
+        window, from the last event it had read (or its `up`) to there, every other
+        process that read it redoes (all of them may have been away too, after a Redis
+        restart, so not one chosen). Its users (those whose sockets are all on it) drain
+        from there, after the redo, so that nothing newer reaches them first: the event
+        names them (`ready_users`), and drains wait for the first `redone`, or
+        `RECOVERY_WAIT`."""
+        if len(self.servers) > 1:
+            self.recovering[f"gap {server}"] = time.monotonic()
+
+    def ready_users(self, server: str) -> list[str]:
+        """The users whose work in `server`'s window is redone, so who drain at its `ready`.
+
+        Named in the event rather than found by each process on reading it: the script
+        that publishes it records their drains in Redis, where a process that loads its
+        view later finds them."""
         if len(self.servers) < 2:
-            return  # alone: nobody had anything of its to do
-        for uid, socks in self.sockets.items():
-            if socks and all(s == server for s, _ in socks):
-                self._begin(uid, seq)
-        self.recovering[f"gap {server}"] = time.monotonic()
+            return []  # alone: nobody had anything of its to do
+        return sorted(uid for uid, socks in self.sockets.items()
+                      if socks and all(s == server for s, _ in socks))
 
     def digest(self) -> str:
         """A short hash of who is where: equal in every process that has read the same

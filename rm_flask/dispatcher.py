@@ -727,6 +727,8 @@ class Dispatcher:
         server = event["s"]
         if server != self.me and len(self.view.servers) > 1:
             self.spawn(self.redo_gap, server, event["e"], event["g"])
+        for uid in event["w"]:
+            self._began(uid, event["g"])
 
     def _on_redone(self, event: dict[str, Any], _: Any) -> None:
         self._wake_drains([u.uid for u in list(self.registry.users.values()) if u.draining])

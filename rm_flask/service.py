@@ -186,7 +186,8 @@ class Service:
         """Subscribed to the apps' channels with our view loaded: say from where the
         others must redo what was ours (see `View.rejoined`)."""
         retrying("announcing this server ready", lambda: self.cluster.mark(
-            "ready", ref=self.dispatcher.window_from))
+            "ready", self.dispatcher.view.ready_users(self.server_id), drain="start",
+            ref=self.dispatcher.window_from))
         self._synced.set()
 
     def _heartbeat(self) -> None:
