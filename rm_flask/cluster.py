@@ -162,13 +162,34 @@ return event({t = 'down', s = ARGV[1]})
 
 
 
-def message_id(era: str, seq: int, count: int | str) -> str:
+def message_id(era: str, seq: int, count: int) -> str:
     """`era.event.count` in hex: where a message stands in the sequence (store.py reads it
-    back in Lua). A `count` given as text is one no other server gives out."""
-    return f"{era}.{seq:x}.{count if isinstance(count, str) else format(count, 'x')}"
+    back in Lua)."""
+    return f"{era}.{seq:x}.{count:x}"
 
 
 Socket = tuple[str, str]  # (server, sid)
+# Where a message stands in the sequence: the event before it, and its count since.
+# (E, 0) is the event itself, before any message after it.
+Position = tuple[int, int]
+
+
+def tail_count(server: str, n: int) -> int:
+    """A count for the `n`th message a process read after subscribing and before the next
+    event, when it does not know how many came before it in that segment: past every
+    count a segment reaches, and different for every process."""
+    return (1 << 48) | ((zlib.crc32(server.encode()) & 0xFFFFFF) << 20) | n
+
+
+def position_text(position: Position) -> str:
+    """A position as an event carries it (`ready`'s `e`)."""
+    return f"{position[0]} {position[1]}"
+
+
+def parse_position(text: str | int) -> Position:
+    seq, _, count = str(text).partition(" ")
+    return int(seq), int(count or 0)
+
 RECOVERY_WAIT = 10.0  # seconds drains wait at most for a dead server's work to be redone
 MAX_SEALS = 100_000  # a drain waits for its seal for moments; pings cover a seal forgotten
 

@@ -24,8 +24,9 @@ from typing import Any, Protocol
 import redis
 
 from . import cluster, envelope, names
-from .cluster import Cluster, Socket, View, message_id
+from .cluster import Cluster, Position, Socket, View, message_id, tail_count
 from .envelope import Message
+from .listener import SUBSCRIBED_HERE
 from .metrics import Metrics
 from .registry import Conn, Pending, Registry, User
 from .store import Store
@@ -40,6 +41,7 @@ DRAIN_RETRY = 1.0  # seconds before a drain that failed is started again
 SUSPENDED_AFTER = 8.0  # seconds without housekeeping after which we ask whether we were declared dead
 ADMIT_AT_ONCE = 8  # identifies announced to Redis at the same time, at most
 ADMIT_WITHIN = 5.0  # seconds an identify may wait for Redis before it is refused
+REDO_WAIT = 3.0  # seconds a redo waits at most for the server it is for to have caught up
 
 
 class Transport(Protocol):
@@ -80,7 +82,7 @@ class Incoming:
 
     __slots__ = ("channel", "data", "era", "seq", "count", "received_ms", "_message")
 
-    def __init__(self, channel: str, data: bytes, era: str, seq: int, count: int | str,
+    def __init__(self, channel: str, data: bytes, era: str, seq: int, count: int,
                  received_ms: int | None = None) -> None:
         self.channel = channel
         self.data = data
@@ -104,7 +106,7 @@ class Joining:
     """What our `up` script returned: the cluster as of its event."""
 
     seq: int  # the `up` event's number
-    read: int  # the last event we had read before, in era `was` (0: none)
+    read: Position  # the last message we had read before, in era `was` ((0, 0): none)
     was: str
     era: str
     servers: list[str]
@@ -143,9 +145,9 @@ class Dispatcher:
         self._joining: Joining | None = None
         self.on_synced: Callable[[], None] = lambda: None
         self._admitting = threading.BoundedSemaphore(ADMIT_AT_ONCE)
-        # Where our window began (see `View.rejoined`): the last event we had read
+        # Where our window began (see `View.rejoined`): the last message we had read
         # before losing the subscription, or our `up`. Our `ready` says it.
-        self.window_from = 0
+        self.window_from: Position = (0, 0)
         # (time, uid, who had to deliver or queue it, and the message's fields), for
         # `recover`. Plain values only: the collector skips such tuples, and there are
         # many of them.
@@ -169,12 +171,16 @@ class Dispatcher:
         self.alive_at = time.monotonic()
         self._given_up = False
         self.on_suspect: Callable[[], None] = lambda: None
+        # Just subscribed to the apps' channels: the messages read until the next event
+        # are the tail of its segment, after some we missed; how many, we cannot know.
+        self._tail = False
 
     ### Joining the cluster ###
 
-    def joining(self, snapshot: list[Any], read: int = 0, was: str = "") -> None:
+    def joining(self, snapshot: list[Any], read: Position = (0, 0), was: str = "") -> None:
         """Our `up` ran; `snapshot` is the cluster as of its event, which comes next.
-        `read`: the last event we had read before, of era `was` (0: none).
+        `read`: the last message we had read before, of era `was` ((0, 0): none): the
+        others redo only what came after it, so what we handled is not sent twice.
 
         Until we read that event we are not subscribed to the apps' channels (a message
         read with no view true for it could not be decided alike everywhere); what was
@@ -184,6 +190,11 @@ class Dispatcher:
         self._joining = Joining(int(seq), read, was, era.decode(),
                                 [s.decode() for s in servers], sockets, draining)
         self.view.synced = False
+
+    def last_read(self) -> Position:
+        """The last message we read: the others redo what we missed after it. In a tail
+        we do not know its place; the start of its segment is before it."""
+        return (self.view.seq, 0 if self._tail else self.view.count)
 
     def own_sockets(self) -> list[tuple[str, str]]:
         """Our identified sockets, oldest first: put back in Redis if Redis lost them."""
@@ -204,7 +215,10 @@ class Dispatcher:
         if time.monotonic() - self.alive_at > SUSPENDED_AFTER and not self._given_up:
             self._check_declared_dead()
         for channel, data in items:
-            if channel == names.CLUSTER_CHANNEL:
+            if channel == SUBSCRIBED_HERE:
+                self._tail = True
+            elif channel == names.CLUSTER_CHANNEL:
+                self._tail = False
                 if run:
                     self._route(run)
                     run = []
@@ -239,7 +253,11 @@ class Dispatcher:
             return None
         if view.synced:
             view.count += 1
-            return Incoming(channel, data, view.era, view.seq, view.count)
+            # Counted from where we came in, a message of the tail would take the id of
+            # an earlier one that the others hold: it gets one of its own, placed after
+            # every message of its segment, where it is.
+            count = tail_count(self.me, view.count) if self._tail else view.count
+            return Incoming(channel, data, view.era, view.seq, count)
         # Not subscribed to it yet, or still to read our `up` after being declared dead:
         # until our `ready`, the others redo what was ours.
         return None
@@ -537,7 +555,8 @@ class Dispatcher:
             joining = self._joining
             if joining is not None and event["g"] == joining.seq:
                 view.load(joining.seq, joining.era, joining.servers, joining.sockets, joining.draining)
-                self.window_from = joining.read if joining.read and joining.was == view.era else joining.seq
+                self.window_from = (joining.read if joining.read[0] and joining.was == view.era
+                                    else (joining.seq, 0))
                 view.opened(self.me)  # as the others did on reading our `up`
                 self._joining = None
                 log.info("Joined %d server(s) on this Redis: %s", len(view.servers), ", ".join(view.servers))
@@ -726,7 +745,7 @@ class Dispatcher:
         goes into a queue once, whoever merges it first)."""
         server = event["s"]
         if server != self.me and len(self.view.servers) > 1:
-            self.spawn(self.redo_gap, server, event["e"], event["g"])
+            self.spawn(self.redo_gap, server, cluster.parse_position(event["e"]), event["g"])
         for uid in event["w"]:
             self._began(uid, event["g"])
 
@@ -1168,11 +1187,16 @@ class Dispatcher:
 
     ### A server that died ###
 
-    def redo_gap(self, server: str, since: int, until: int) -> None:
-        """`server` received no messages from event `since` to `until` (a lost
+    def redo_gap(self, server: str, since: Position, until: int) -> None:
+        """`server` received no messages after `since` until event `until` (a lost
         subscription, or joining): queue, in their places, the messages it was to
         deliver or queue meanwhile (from our own copy of the sequence); its users'
         queues drain once this is announced."""
+        # Its own writes for the window first (it was slow to make them, say, retrying
+        # on a connection that broke): each id is merged only where it is not queued yet.
+        deadline = time.monotonic() + REDO_WAIT
+        while self.view.caught_up.get(server, 0) < until and time.monotonic() < deadline:
+            time.sleep(0.05)
         try:
             era = self.view.era
             owed = self._owed_by(server, since, until, era)
@@ -1190,18 +1214,19 @@ class Dispatcher:
         retrying(f"announcing the redo for {server}",
                  lambda: self.cluster.mark("redone", uids, drain="start", ref=server))
 
-    def _owed_by(self, server: str, since: int, until: int, era: str) -> dict[str, list[str]]:
+    def _owed_by(self, server: str, since: Position, until: int, era: str) -> dict[str, list[str]]:
         """From our copy of the sequence: the messages only `server` was to deliver or
-        queue, from event `since` (0: from the start of what we kept) up to `until`."""
+        queue, after `since` (the last one it handled; (0, 0): from the start of what
+        we kept) and before event `until`."""
         owed: dict[str, list[str]] = {}
         for _, uid, duty, *fields in list(self.recent):
             incoming = Incoming(*fields)
             if duty != server:
                 continue
             if incoming.era == era:
-                if not since <= incoming.seq < until:
+                if not (since < (incoming.seq, incoming.count) and incoming.seq < until):
                     continue
-            elif since:
+            elif since[0]:
                 continue  # it had handled everything of the era before its checkpoint's
             owed.setdefault(uid, []).append(incoming.message().stored)
         return owed
@@ -1212,7 +1237,7 @@ class Dispatcher:
         copy of the sequence, each in its place."""
         try:
             raw = self.store.redis.get(names.checkpoint_key(dead))
-            since = int(raw) if raw else 0
+            since = (int(raw), 0) if raw else (0, 0)  # everything before that ping
             owed = self._owed_by(dead, since, down_at, self.view.era)
             uids = sorted(set(owed) | self.store.inflight_users(dead))
             given = 0

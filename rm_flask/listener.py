@@ -19,6 +19,9 @@ log = logging.getLogger("rm_flask")
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 2.0
 MAX_BATCH = 500  # messages handled together at most, to bound latency and memory
+# Put in a batch where the apps' channels' subscription took effect: no channel has this
+# name (we match `rm.*`), and the messages after it are the first we receive.
+SUBSCRIBED_HERE = ""
 
 
 class Listener:
@@ -130,6 +133,7 @@ class Listener:
         elif kind == "subscribe":
             self.on_subscribed()
         elif kind == "psubscribe":
+            batch.append((SUBSCRIBED_HERE, b""))
             self._on_subscribed(self._down_since)
             self._down_since = None
             self.on_listening()

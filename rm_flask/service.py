@@ -16,7 +16,7 @@ from flask_socketio import SocketIO
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import names
+from . import cluster, names
 from .cluster import Cluster
 from .config import Config
 from .dispatcher import ADMIT_AT_ONCE, Dispatcher, retrying
@@ -172,8 +172,13 @@ class Service:
     def _join(self, gap: bool = True) -> None:
         """Subscribed (again): announce this server and learn the cluster as of then."""
         self._synced.clear()
+        # The listener's write connection most likely broke with the subscription: the
+        # first write after the rejoin must not wait out a failed try.
+        connection = getattr(self.store.listener_client, "connection", None)
+        if connection is not None:
+            connection.disconnect()
         view = self.dispatcher.view
-        read, era = (view.seq, view.era) if view.synced and gap else (0, "")
+        read, era = (self.dispatcher.last_read(), view.era) if view.synced and gap else ((0, 0), "")
         self.dispatcher.joining(self._announce(), read, era)
 
     def _announce(self, rejoin: bool = True) -> list[Any]:
@@ -187,7 +192,7 @@ class Service:
         others must redo what was ours (see `View.rejoined`)."""
         retrying("announcing this server ready", lambda: self.cluster.mark(
             "ready", self.dispatcher.view.ready_users(self.server_id), drain="start",
-            ref=self.dispatcher.window_from))
+            ref=cluster.position_text(self.dispatcher.window_from)))
         self._synced.set()
 
     def _heartbeat(self) -> None:
