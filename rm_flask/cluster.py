@@ -226,6 +226,10 @@ class View:
     def load(self, seq: int, era: str, servers: Iterable[str], sockets: list[bytes],
              draining: list[bytes]) -> None:
         """Take the state Redis returned with our `up` event, as of that event."""
+        if era != self.era:
+            # Event numbers of another era say nothing of this one.
+            self.caught_up.clear()
+            self.seals.clear()
         self.seq, self.count, self.era = seq, 0, era
         self.servers = sorted(servers)
         self._owners.clear()
@@ -326,6 +330,7 @@ class View:
             for uid in event["w"]:
                 self._begin(uid, event["g"])
         elif kind == "up":
+            self.recovered.discard(server)  # declared dead, and back: it certifies again
             if server not in self.servers:
                 self.servers = sorted([*self.servers, server])
                 self._owners.clear()
