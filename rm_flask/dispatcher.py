@@ -174,6 +174,9 @@ class Dispatcher:
         # Just subscribed to the apps' channels: the messages read until the next event
         # are the tail of its segment, after some we missed; how many, we cannot know.
         self._tail = False
+        # Subscribed again, and our `ready` not read yet: what we missed before goes into
+        # our users' queues (the others redo it), so what we read now goes behind it.
+        self._opening = False
 
     ### Joining the cluster ###
 
@@ -216,7 +219,7 @@ class Dispatcher:
             self._check_declared_dead()
         for channel, data in items:
             if channel == SUBSCRIBED_HERE:
-                self._tail = True
+                self._tail = self._opening = True
             elif channel == names.CLUSTER_CHANNEL:
                 self._tail = False
                 if run:
@@ -369,6 +372,7 @@ class Dispatcher:
                     ours.append((uid, incoming, socks))
         if not ours:
             return 0
+        opening = self._opening and len(view.servers) > 1
         stripes = map(self.registry.user_lock, (uid for uid, _, _ in ours))
         locks = list({id(lock): lock for lock in stripes}.values())
         for lock in locks:
@@ -378,6 +382,11 @@ class Dispatcher:
             sends: list[tuple[User, Message, bool, str | None]] = []
             queued: list[str] = []
             for uid, incoming, socks in ours:
+                if opening and socks and all(s == me for s, _ in socks):
+                    # Its drain begins at our `ready`, behind what the others redo.
+                    writes.append(uid, incoming.message().stored)
+                    queued.append(uid)
+                    continue
                 if not socks or uid in view.draining:
                     if view.owner(uid) == me:
                         if not socks:
@@ -744,7 +753,13 @@ class Dispatcher:
         (from event `e`), we redo, as does every other process that read this (each id
         goes into a queue once, whoever merges it first)."""
         server = event["s"]
-        if server != self.me and len(self.view.servers) > 1:
+        if server == self.me:
+            self._opening = False
+            # Everything before it is handled: say so now, not at the next ping, as the
+            # others' redos wait for that (`redo_gap`).
+            self.spawn(retrying, "saying how far we read",
+                       partial(self.cluster.mark, "ping", ref=event["g"]))
+        elif len(self.view.servers) > 1:
             self.spawn(self.redo_gap, server, cluster.parse_position(event["e"]), event["g"])
         for uid in event["w"]:
             self._began(uid, event["g"])

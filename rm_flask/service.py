@@ -31,6 +31,9 @@ log = logging.getLogger("rm_flask")
 HOUSEKEEPING_EVERY = 1.0  # seconds between heartbeats, round trips and timeout sweeps
 HEARTBEAT_TTL = 15  # a server silent this long is dead even if its connection lingers
 REDIS_POOL_SIZE = 32
+# seconds after Redis starts before a server without a connection is dead: more than the
+# listener's longest backoff and a connect timeout
+RECONNECT_GRACE = 6
 STUCK_AFTER = 6.0  # a subscription that received nothing (pings included) this long is replaced
 
 
@@ -224,6 +227,11 @@ class Service:
                 connected = {c.get("name", "") for c in self.redis.client_list()}
             except redis.ResponseError:  # CLIENT LIST may be disabled on managed Redis
                 connected = None
+            if connected is not None and not connected >= {names.client_name(o) for o in others}:
+                # A Redis that has just started has none of anyone's connections yet: only
+                # once every server has had time to reconnect is a missing one evidence.
+                if int(self.redis.info("server").get("uptime_in_seconds", 0)) < RECONNECT_GRACE:
+                    connected = None
             for other in sorted(others):
                 if connected is not None and names.client_name(other) not in connected:
                     log.info("Server %s has no connection to Redis", other)
