@@ -136,6 +136,18 @@ redis.call('PUBLISH', KEYS[2], cjson.encode({g = g, t = ARGV[1], s = ARGV[2],
 return g
 """
 
+# A batch a drain sent, for the user's sockets on other processes (SPEC §5.4: each socket
+# gets each queued message); `f`: the drain is over, the live messages they held back go
+# now. An event, so that each process sends it in its place among the user's messages.
+# KEYS: seq, channel. ARGV: server, uid, 1 if over, the one socket it is for (a "server
+# sid" that joined mid-drain) or "" for all, then the envelopes.
+_COPY = _HEAD + """
+local batch = {}
+for i = 5, #ARGV do batch[#batch + 1] = ARGV[i] end
+return event({t = 'copy', s = ARGV[1], u = {ARGV[2]}, f = tonumber(ARGV[3]), c = ARGV[4],
+  m = batch})
+"""
+
 # A process is dead: forget its sockets. Only the first survivor to run this wins (and
 # recovers for it); the others get 0. The winner is the one that sets the tombstone, not
 # the one that takes the process out of `rm:servers`: after Redis lost its data a dead
@@ -450,6 +462,7 @@ class Cluster:
         self._off = client.register_script(_OFF)
         self._mark = client.register_script(_MARK)
         self._down = client.register_script(_DOWN)
+        self._copy = client.register_script(_COPY)
         self._head = [names.CLUSTER_SEQ_KEY, names.CLUSTER_CHANNEL]
 
     def up(self, own: Iterable[tuple[str, str]], heartbeat: str, ttl: int,
@@ -487,6 +500,11 @@ class Cluster:
             args=[kind, self.server_id, drain, ref, *uids],
         )
 
+    def copy(self, uid: str, stored: Iterable[str], over: bool = False, to: str = "") -> int:
+        """Send what a drain sent to the user's sockets on the other processes (`to`: to
+        that one only)."""
+        return self._copy(keys=self._head, args=[self.server_id, uid, int(over), to, *stored])
+
     def down(self, server_id: str) -> int:
         """Declare `server_id` dead; the event number if we were first, else 0."""
         return self._down(
@@ -499,7 +517,7 @@ class Cluster:
 def parse(data: bytes) -> dict[str, Any]:
     event = json.loads(data)
     # cjson writes an empty Lua table as {}, not [].
-    for key in ("x", "u", "w", "k"):
+    for key in ("x", "u", "w", "k", "m"):
         if event.get(key) == {}:
             event[key] = []
     return event

@@ -394,12 +394,8 @@ class Dispatcher:
                                      names.queue_key(uid))
                         writes.append(uid, incoming.message().stored)
                         queued.append(uid)
-                    # A tab here, while another server drains, gets it once the drain
-                    # is over, behind the queued messages that server sends its tabs.
-                    if socks and socks[0][0] != me:
-                        behind = self.registry.user(uid)
-                        if behind is not None and behind.live():
-                            behind.behind.append(incoming.message())
+                    # A tab here, while another server drains, gets it from the queue:
+                    # that server sends us copies of what it drains (`_on_copy`).
                     continue
                 user = self.registry.user(uid) or self.registry.hold(uid)
                 if user.holding:
@@ -675,6 +671,13 @@ class Dispatcher:
                 with self.registry.user_lock(uid):
                     user = self.registry.join(conn, uid)
                     self._replay(user, conn)
+        else:
+            # A tab on another process joins a user whose queue we drain: it gets what
+            # the drain sent so far, as `_replay` does for a tab here.
+            user = self.registry.user(uid)
+            if user is not None and user.draining and not user.holding and user.drain_log:
+                with self.registry.user_lock(uid):
+                    self._copy_drained(uid, list(user.drain_log), to=event["c"])
         if event["d"]:
             self._began(uid, event["g"])
 
@@ -721,24 +724,57 @@ class Dispatcher:
             self._won[down_at] = dead
 
     def _moved(self, homes: dict[str, str | None]) -> None:
-        """Users whose oldest socket changed server mid-drain: the new home drains on."""
+        """Users whose oldest socket changed server mid-drain: the new home drains on
+        (also the end of one, which its tabs here were waiting for)."""
         for uid, before in homes.items():
-            if uid in self.view.draining and self.view.home(uid) == self.me != before:
-                self._start_drain(uid)
+            if self.view.home(uid) == self.me != before:
+                user = self.registry.user(uid)
+                if uid in self.view.draining or (user is not None and user.holding):
+                    self._start_drain(uid)
 
     def _on_ending(self, event: dict[str, Any], _: Any) -> None:
         for uid in event["u"]:
             owner, home = self.view.owner(uid), self.view.home(uid)
             user = self.registry.user(uid)
-            if user is not None and user.behind:
-                self._catch_up(user)
             if home == self.me:
-                user = self.registry.user(uid)
                 if user is not None:
                     user.end = (event["g"], owner)
                     user.drain_wakeup.set()
-            elif owner == self.me and home is not None:
+                continue
+            if owner == self.me and home is not None:
                 self._seal(uid, event["g"])
+            if user is not None and user.live() and home is not None:
+                # The last of the queue reaches our tabs as copies from the home: what
+                # comes live meanwhile waits for the last copy (or for the drain to move
+                # here, which then sends the rest itself).
+                with self.registry.user_lock(uid):
+                    user.holding, user.end = True, (event["g"], owner)
+
+    def _on_copy(self, event: dict[str, Any], _: Any) -> None:
+        """The home of a user's drain sent these to its sockets: ours get them too."""
+        uid = event["u"][0]
+        user = self.registry.user(uid) if event["s"] != self.me else None
+        if user is None:
+            return
+        to = event["c"]
+        with self.registry.user_lock(uid):
+            channel, bubble = names.user_channel(uid), self._bubble(uid)
+            for raw in event["m"]:
+                msg, _ = Message.from_queue(raw.encode("utf-8", "surrogateescape"), channel)
+                for conn in user.live():
+                    if not to or conn.sid == to:
+                        self._write(user, conn, msg, conn.sid == bubble)
+            if event["f"] and user.holding and not user.draining:
+                self._release_held(user)
+                if user.leftover and not user.live():
+                    self.spawn(self._return_leftover, uid)
+
+    def _copy_drained(self, uid: str, messages: list[Message], over: bool = False, to: str = "") -> None:
+        """Send what our drain sent to the user's sockets on other processes, if any."""
+        socks = self.view.sockets.get(uid, ())
+        if any(server != self.me for server, _ in socks) and (messages or over):
+            retrying(f"copying the drain of {uid}",
+                     partial(self.cluster.copy, uid, [m.stored for m in messages], over, to))
 
     def _on_sealed(self, event: dict[str, Any], _: Any) -> None:
         self._wake_drains(event["u"])
@@ -859,7 +895,6 @@ class Dispatcher:
             user = self.registry.user(uid)
             if user is None or not user.live():
                 return
-            user.behind = []  # in the queue too: the drain sends them
             if user.draining:
                 user.drain_wakeup.set()
                 return
@@ -911,6 +946,7 @@ class Dispatcher:
                         batch = self._claim(uid, user.end[0])
                         if batch == []:
                             log.debug("%s: drain over, %d held messages sent", uid, len(user.held))
+                            self._copy_drained(uid, [], over=True)
                             self._release_held(user)
                             continue
                 else:
@@ -943,13 +979,6 @@ class Dispatcher:
                 # client is not flooded. A short batch was the end of the queue: what
                 # follows is what arrived meanwhile, sent as it would have been live.
                 self._await_acks(user, waiting)
-
-    def _catch_up(self, user: User) -> None:
-        """Another server's drain of this user ended: our tabs get what they waited for."""
-        with self.registry.user_lock(user.uid):
-            behind, user.behind = user.behind, []
-            if user.live():  # else they wait in the queue, where they are too
-                self._send_late(user, behind)
 
     def _release_held(self, user: User) -> None:
         """The drain is over: send what arrived since its end, live from now (lock held)."""
@@ -1013,6 +1042,7 @@ class Dispatcher:
 
     def _send_drained(self, user: User, batch: list[Message]) -> set[str]:
         waiting = set()
+        sent: list[Message] = []
         delivered: list[str] = []
         undelivered: list[Message] = []
         bubble = self._bubble(user.uid)
@@ -1031,6 +1061,7 @@ class Dispatcher:
                     log.info("%s: Purging message '%s' from %s",
                              user.uid, envelope.preview(msg.envelope), msg.envelope["source"])
                 user.drain_log.append(msg)
+                sent.append(msg)
                 if acked_only:
                     waiting.add(msg.id)
                 else:
@@ -1043,6 +1074,7 @@ class Dispatcher:
             if undelivered:
                 # Still the head of the queue: back where they came from, in order.
                 self.recommit(user.uid, undelivered)
+        self._copy_drained(user.uid, sent)
         return waiting
 
     def _queued_count(self, uid: str, first_batch: int) -> int:
@@ -1107,6 +1139,11 @@ class Dispatcher:
         with lock:
             user = self.registry.hold(uid)
             orphans = [p.message for p in user.leaving.pop(sid, [])]
+            if user.holding and not user.draining and not user.live():
+                # Our last tab waited for another process's drain to end: what it held
+                # back goes too.
+                user.leftover.extend(user.held)
+                user.held, user.holding, user.end = [], False, None
             leftover, user.leftover = user.leftover, []
             user.returning += 1
         given = orphans + leftover

@@ -60,13 +60,11 @@ class User:
     # only they would have got is kept, to be given back with what they held.
     leaving: dict[str, list[Pending]] = field(default_factory=dict)
     leftover: list[Message] = field(default_factory=list)
-    # The end of a drain: live messages wait here until the last queued ones are sent.
+    # The end of a drain: live messages wait here until the last queued ones are sent
+    # (by this process's drain, or as copies of another's).
     holding: bool = False
     held: list[Message] = field(default_factory=list)
     end: tuple[int, str] | None = None  # the drain's `ending` event, and who certifies it
-    # Messages for our sockets while another server drains this user: sent when it ends
-    # (they are in the queue too, should the drain move here).
-    behind: list[Message] = field(default_factory=list)
 
     def live(self) -> list[Conn]:
         """The sockets that still get messages, oldest first."""

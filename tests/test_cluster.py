@@ -89,6 +89,66 @@ def test_user_online_on_one_of_three_servers_gets_each_message_once(make_server,
     assert not tab.disconnected.is_set()
 
 
+def two_tabs_identify_together(servers, r, uid: str, n: int) -> int:
+    """500 queued, then a tab on each of two processes identifies at the same moment as
+    200 more are published; each tab must get all 700 once, in order. Returns the
+    duplicates received."""
+    channel = f"rm.users.{uid}"
+    queued = [f"r{n} q{i:03d}" for i in range(500)]
+    live = [f"r{n} live{i:03d}" for i in range(200)]
+    for payload in queued:
+        r.publish(channel, payload)
+    wait_until(lambda: r.llen(f"rm:users:{uid}:messages") == 500, 10, "500 queued")
+    tabs = [RMClient(s.url).connect() for s in servers]
+    barrier = threading.Barrier(3)
+
+    def identify(tab):
+        barrier.wait(5)
+        assert tab.identify(ack(uid)) == {"ok": True, "uid": uid}
+
+    def publish_live():
+        barrier.wait(5)
+        for payload in live:
+            r.publish(channel, payload)
+            time.sleep(0.002)
+
+    threads = [threading.Thread(target=identify, args=(t,)) for t in tabs]
+    threads.append(threading.Thread(target=publish_live))
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        for tab in tabs:
+            wait_until(lambda tab=tab: set(queued + live) <= set(tab.payloads()), 20,
+                       "each tab to get the queue and the live messages")
+        wait_quiet(tabs, quiet=0.5)
+        duplicates = 0
+        for i, tab in enumerate(tabs):
+            got = tab.payloads()
+            duplicates += len(got) - len(set(got))
+            assert got == queued + live, f"tab {i} (on process {i}): each message once, in order"
+        wait_until(lambda: r.llen(f"rm:users:{uid}:messages") == 0, 5, "queue empty")
+        wait_until(lambda: not any(r.zcard(k) for k in r.scan_iter(f"rm:inflight:*:{uid}")), 10,
+                   "the acks to clear in-flight")
+    finally:
+        for tab in tabs:
+            tab.close()
+    wait_until(lambda: not r.exists(f"rm:cluster:users:{uid}"), 10, "both tabs gone")
+    return duplicates
+
+
+def test_two_tabs_on_two_processes_each_get_the_queue_then_live_in_order(make_server, r, uid, summary):
+    """SPEC §5.4 across processes (issue #10 item 6): two tabs of an offline user
+    identify at the same moment, on two processes, while messages keep coming: each tab
+    gets every queued message once, then every later one, all in order; nothing is left
+    queued or in flight. Before, the tab away from the drain got none of the queue."""
+    servers = start_servers(make_server, 2)
+    rounds = 3
+    duplicates = sum(two_tabs_identify_together(servers, r, uid, n) for n in range(rounds))
+    summary(rounds=rounds, duplicates=duplicates)
+
+
 def bubbles(tabs, payloads):
     """For each payload: the bubble flag of its copy on each tab (None: not received)."""
     return [[(copy_of(t, p) or {}).get("bubble") for t in tabs] for p in payloads]
