@@ -382,8 +382,10 @@ class Dispatcher:
             sends: list[tuple[User, Message, bool, str | None]] = []
             queued: list[str] = []
             for uid, incoming, socks in ours:
-                if opening and socks and all(s == me for s, _ in socks):
-                    # Its drain begins at our `ready`, behind what the others redo.
+                if (opening and socks and uid not in view.draining
+                        and all(s == me for s, _ in socks)):
+                    # Its drain begins at our `ready`, behind what the others redo. (If it
+                    # drains already, its owner queues it, below.)
                     writes.append(uid, incoming.message().stored)
                     queued.append(uid)
                     continue
