@@ -191,8 +191,12 @@ def run_transition(fault: str, processes: int, tmp_path: Path, logs_dir: Path) -
             # Redis answers a PUBLISH before it writes the message to the subscribers, in
             # the same turn of its loop: killed in between, or the subscriber's connection
             # cut, it never sends what it said it had, and no other process has it. Only
-            # the last moment before the cut: reported, not counted.
-            excusable = {p for p, at in stream.sent_at.items() if rig.cut[0] - 0.005 <= at <= rig.cut[1]}
+            # the last moment before the cut: reported, not counted. Up to 50 ms after it
+            # too: no PUBLISH done after the cut can find a subscriber that soon (Redis is
+            # dead, or the only process is waiting out its backoff), so one answered 1 was
+            # done before it and only timed late by the publisher's thread.
+            excusable = {p for p, at in stream.sent_at.items()
+                         if rig.cut[0] - 0.005 <= at <= rig.cut[1] + 0.05}
 
         def missing() -> dict[str, set[str]]:
             """Owed and nowhere: not received, not queued, not taken for delivery (a
