@@ -379,8 +379,8 @@ class View:
 
     def rejoined(self, server: str) -> None:
         """`server` receives messages from its `ready` on. What was its to do in its
-        window, from the last event it had read (or its `up`) to there, every other
-        process that read it redoes (all of them may have been away too, after a Redis
+        window, after the last message it had read (or from its `up`) to there, every
+        other process that read it redoes (all of them may have been away too, after a Redis
         restart, so not one chosen). Its users (those whose sockets are all on it) drain
         from there, after the redo, so that nothing newer reaches them first: the event
         names them (`ready_users`), and drains wait for the first `redone`, or
