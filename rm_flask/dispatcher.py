@@ -464,6 +464,13 @@ class Dispatcher:
         """
         conns = user.live()
         if pending:
+            earlier = user.pending.get(msg.id)
+            if earlier is not None and earlier.message.stored != msg.stored:
+                # Sent again before its first copy was acknowledged, in an envelope another
+                # process made (its own timestamp: given back by that process, then
+                # drained here). Both are in flight; the new record is enough, and an ack
+                # of either copy finds only the new one.
+                self._settle(user.uid, [earlier.message.stored])
             user.pending[msg.id] = Pending(msg, {c.sid for c in conns})
         if log.isEnabledFor(logging.INFO):
             log.info("%s: Sending message '%s' from %s",
