@@ -10,7 +10,9 @@ extra process on the session's Redis would take part in every test here).
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import threading
 import time
 from collections import Counter
@@ -149,6 +151,53 @@ def test_two_tabs_on_two_processes_each_get_the_queue_then_live_in_order(make_se
     summary(rounds=rounds, duplicates=duplicates)
 
 
+def test_a_message_sent_live_and_again_from_the_queue_leaves_nothing_in_flight(make_server, r, uid, summary):
+    """A user's tabs on processes A and B; B's live copy of a message is not acknowledged
+    yet when A's tab leaves, A gives its copy back, and B's drain sends it again. Each
+    process made its own envelope (its own timestamp), so B held the one message in
+    flight as two records; the tab's ack must clear both. Before, the live copy's record
+    stayed in flight for ever (the churn test's stale records, issue #10)."""
+    a, b = start_servers(make_server, 2)
+    t0 = RMClient(a.url).connect()
+    t1 = RMClient(b.url).connect()
+    try:
+        for tab in (t0, t1):
+            assert tab.identify(ack(uid)) == {"ok": True, "uid": uid}
+        probe(r, uid, [t0, t1])  # both processes know both tabs
+        t0.auto_ack = t1.auto_ack = False
+        # B reads the message a few milliseconds after A: its envelope's timestamp differs.
+        os.kill(b.process.pid, signal.SIGSTOP)
+        try:
+            r.publish(f"rm.users.{uid}", "the message")
+            wait_until(lambda: copy_of(t0, "the message"), 10, "A's copy at tab 0")
+            time.sleep(0.005)
+        finally:
+            os.kill(b.process.pid, signal.SIGCONT)
+        wait_until(lambda: copy_of(t1, "the message"), 10, "B's live copy at tab 1")
+        first_a, first_b = copy_of(t0, "the message"), copy_of(t1, "the message")
+        assert first_a["id"] == first_b["id"], (first_a, first_b)
+        assert first_a["timestamp"] != first_b["timestamp"], "two envelopes of one message"
+        t1.auto_ack = True
+        t0.close()  # A gives its copy back; B drains it to tab 1
+        wait_until(lambda: t1.payloads().count("the message") == 2, 10, "the drained copy at tab 1")
+        copies = [m for m in t1.messages if m["payload"] == "the message"]
+
+        def settled() -> bool:
+            return not r.llen(f"rm:users:{uid}:messages") and not any(
+                r.zcard(k) for k in r.scan_iter(f"rm:inflight:*:{uid}"))
+
+        try:
+            wait_until(settled, 10, "nothing queued or in flight")
+        finally:
+            left = {k: r.zrange(k, 0, -1) for k in r.scan_iter(f"rm:inflight:*:{uid}")}
+            summary(received=len(copies), same_id=len({m["id"] for m in copies}) == 1,
+                    in_flight_left=sum(map(len, left.values())))
+        assert {m["id"] for m in copies} == {first_b["id"]}, "a re-delivery keeps the message's id"
+    finally:
+        t0.close()
+        t1.close()
+
+
 def bubbles(tabs, payloads):
     """For each payload: the bubble flag of its copy on each tab (None: not received)."""
     return [[(copy_of(t, p) or {}).get("bubble") for t in tabs] for p in payloads]
@@ -282,11 +331,7 @@ LATE_CLAIMED = 4
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("vanishing", [
     pytest.param(False, id="closed"),
-    pytest.param(True, id="closed-and-vanished", marks=pytest.mark.xfail(
-        reason="issue #10: a user's vanished tab, not yet noticed, on one process and its new tab on "
-               "another: 0 lost in the last 7 runs (0-52 in 5 of 7 before copies of drains), but records "
-               "left in flight (5 still 30 s after the end, in the one run measured so), 28-117 late",
-        strict=False)),
+    pytest.param(True, id="closed-and-vanished"),
 ])
 def test_300_ack_clients_churning_over_3_servers_during_20000_messages(make_server, patient_tabs, proxy_to, r,
                                                                        uid, summary, vanishing):
@@ -368,6 +413,11 @@ def test_300_ack_clients_churning_over_3_servers_during_20000_messages(make_serv
             queued_at_end = sum(len(queued_envelopes(r, u)) for u in uids)
 
             comeback = time.monotonic()
+            # A tab the server closed (a ping answered too late, on a machine this busy) is
+            # offline, and comes back as the JS client would, with the others.
+            cut_by_server = [u for u, tab in live.items() if tab.disconnected.is_set()]
+            for u in cut_by_server:
+                del live[u]
             for u in uids:  # everyone comes back once, to any server, and drains
                 if u not in live:
                     live[u] = open_tab(rng.choice(servers).url, u, rng)
@@ -402,7 +452,7 @@ def test_300_ack_clients_churning_over_3_servers_during_20000_messages(make_serv
     queues = sampler.figures()
     summary(**{k: v for k, v in counts.items() if k != "examples"}, owed=owed, publishes=stream.publishes,
             drops=dict(drops), offline_before_comeback=offline, queued_before_comeback=queued_at_end,
-            drained_in_s=round(drained_in, 1), in_flight_at_end=in_flight,
+            drained_in_s=round(drained_in, 1), cut_by_server=len(cut_by_server), in_flight_at_end=in_flight,
             queued_for_online_at_end=queued_for_online, **queues)
     print(f"cluster churn: sent {stream.publishes} in {stream.elapsed:.1f}s, owed {owed}, {counts}, "
           f"drops {dict(drops)}, {queues}, queue twice at {sampler.twice[:5]}, out of order at "
@@ -415,11 +465,14 @@ def test_300_ack_clients_churning_over_3_servers_during_20000_messages(make_serv
     assert counts["two_ids"] == 0, "a re-delivery keeps the message's id"
     assert in_flight == 0, "everything sent is acknowledged or given back"
     assert queued_for_online == 0, "every user is online: every queue drains"
-    if counts["out_of_order"] > LATE_CLAIMED:
-        # The claim does not hold in every run yet (issue #10): said, with the figures,
-        # once everything above has held.
-        pytest.xfail(f"issue #10: {counts['out_of_order']} late after reconnects (README: at most "
-                     f"{LATE_CLAIMED} in most runs): {counts['examples'].get('out_of_order', [])[:2]}")
+    # A vanished tab's unacknowledged messages reach the user's next tab only once its
+    # server noticed (README, "late after a reconnect"): reported, not counted against
+    # the claim. What else is late does not hold the claim in every run yet (issue #10):
+    # said, with the figures, once everything above has held.
+    if counts["out_of_order"] - counts["late_after_vanished"] > LATE_CLAIMED:
+        pytest.xfail(f"issue #10: {counts['out_of_order']} late after reconnects, "
+                     f"{counts['late_after_vanished']} of them after a tab vanished (README: at most "
+                     f"{LATE_CLAIMED} others in most runs): {counts['examples'].get('out_of_order', [])[:2]}")
 
 
 @pytest.mark.slow

@@ -129,6 +129,7 @@ def account_tabs(stream: Stream, tabs_by_uid: dict[str, list[Any]], r: redis.Red
     - lost: owed, and neither received by a tab nor in the user's queue;
     - duplicated: copies beyond the first, received or queued;
     - out_of_order: messages that came after one published later (`late`), tab after tab;
+      late_after_vanished: those of them first received on the tab after one that vanished;
     - two_ids: messages that reached the user (or its queue) under more than one id;
     - redelivered_after_ack: copies that arrived after one of the user's tabs had
       acknowledged that message and then closed with a FIN or stayed connected (its ack
@@ -160,6 +161,10 @@ def account_tabs(stream: Stream, tabs_by_uid: dict[str, list[Any]], r: redis.Red
         for n, tab in enumerate(tabs):
             for p in tab.payloads():
                 where.setdefault(p, n)
+        # Late because the tab before it vanished: what that tab held unacknowledged came
+        # back only once its server noticed (README, "Late after a tab vanishes").
+        totals["late_after_vanished"] += sum(
+            1 for p in behind if where[p] and tabs[where[p] - 1].ended == "vanished")
         examples["out_of_order"] += [
             (uid, p, f"first on tab {where[p]}, after tab {where[p] - 1} "
                      f"{tabs[where[p] - 1].ended if where[p] else 'none'}") for p in behind[:3]]
