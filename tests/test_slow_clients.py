@@ -30,6 +30,7 @@ BIG_SIZE = 20 * 1024
 RATE = 500  # small messages a second
 MAX_BUFFERED = 100
 FLOOR = 0.005  # seconds: see test docstring
+PAIRS = 3
 
 
 class TimedClient(RMClient):
@@ -122,6 +123,10 @@ def test_a_client_that_never_reads_does_not_slow_the_others(make_server, r, summ
 
     A floor of 5 ms applies to the run without it: on a shared 2-core machine a p99 of
     1-2 ms doubles from scheduling noise alone, so `p99_with <= 2 * max(p99_without, 5 ms)`.
+    The pair of runs (without, then with a new slow client) is done PAIRS times and the
+    median pair is judged: one pair can be spoiled by another process on the machine (CI
+    once saw 7 ms then 14.5 ms), and what the slow client costs shows in every pair.
+    Every pair must still lose nothing and close its slow socket.
     """
     server = make_server(max_buffered=MAX_BUFFERED, log_level="warning")
     tabs = []
@@ -131,35 +136,44 @@ def test_a_client_that_never_reads_does_not_slow_the_others(make_server, r, summ
         tabs.append(tab)
     run_stream(r, tabs, "w", "nobody")  # warm-up, not measured
 
-    without, _ = run_stream(r, tabs, "a", "slow")
-    r.delete("rm:users:slow:messages")  # run A queued those: nobody was there
+    pairs = []
+    for k in range(PAIRS):
+        uid = f"slow{k}"
+        without, _ = run_stream(r, tabs, f"a{k}.", uid)
+        r.delete(f"rm:users:{uid}:messages")  # run A queued those: nobody was there
 
-    slow = never_reading_client(server.url, "slow")
-    wait_until(lambda: server.health()[1]["connections"] == OTHERS + 1, 5, "the slow client to be counted")
-    with_slow, owed = run_stream(r, tabs, "b", "slow")
+        slow = never_reading_client(server.url, uid)
+        wait_until(lambda: server.health()[1]["connections"] == OTHERS + 1, 5,
+                   "the slow client to be counted")
+        with_slow, owed = run_stream(r, tabs, f"b{k}.", uid)
 
-    # Cut off: counted, gone from the server's sockets, and nothing of its held in flight.
-    wait_until(lambda: server.metric("rm_sockets_slow_closed_total") >= 1, 10,
-               "the slow socket to be closed")
-    wait_until(lambda: server.health()[1]["connections"] == OTHERS, 10, "the slow socket to be gone")
-    wait_until(lambda: not list(r.scan_iter("rm:inflight:*:slow")), 10, "no message of slow in flight")
-    queued = [json.loads(m)["payload"] for m in r.lrange("rm:users:slow:messages", 0, -1)]
-    written, told = read_rest(slow, 5)
-    slow.close()
-    lost = len([p for p in owed if p not in set(queued)])
-    figures = {
-        "sent_to_slow": len(owed), "queued_for_slow": len(queued), "written_to_slow_unacked": written,
-        "lost": lost, "sent_to_others": 2 * SMALL, "delivered_to_others": len(without) + len(with_slow),
-        "p99_without_ms": round(p99(without) * 1000, 2), "p99_with_ms": round(p99(with_slow) * 1000, 2),
-        "max_without_ms": round(max(without) * 1000, 2), "max_with_ms": round(max(with_slow) * 1000, 2),
-        "slow_closed": server.metric("rm_sockets_slow_closed_total"),
-    }
-    print("slow client:", figures)
-    summary(**figures)
-    assert queued == owed, "every message for slow is back in its queue, in order, once"
-    assert lost == 0 and len(owed) == SMALL // BIG_EVERY
-    assert told, "the slow socket was told to disconnect, behind what it had not read"
-    assert p99(with_slow) <= 2 * max(p99(without), FLOOR), figures
+        # Cut off: counted, gone from the server's sockets, and nothing of its held in flight.
+        wait_until(lambda k=k: server.metric("rm_sockets_slow_closed_total") > k, 10,
+                   "the slow socket to be closed")
+        wait_until(lambda: server.health()[1]["connections"] == OTHERS, 10, "the slow socket to be gone")
+        wait_until(lambda uid=uid: not list(r.scan_iter(f"rm:inflight:*:{uid}")), 10,
+                   "no message of slow in flight")
+        queued = [json.loads(m)["payload"] for m in r.lrange(f"rm:users:{uid}:messages", 0, -1)]
+        written, told = read_rest(slow, 5)
+        slow.close()
+        lost = len([p for p in owed if p not in set(queued)])
+        figures = {
+            "sent_to_slow": len(owed), "queued_for_slow": len(queued), "written_to_slow_unacked": written,
+            "lost": lost, "sent_to_others": 2 * SMALL, "delivered_to_others": len(without) + len(with_slow),
+            "p99_without_ms": round(p99(without) * 1000, 2), "p99_with_ms": round(p99(with_slow) * 1000, 2),
+            "max_without_ms": round(max(without) * 1000, 2), "max_with_ms": round(max(with_slow) * 1000, 2),
+        }
+        print(f"slow client, pair {k}:", figures)
+        assert queued == owed, "every message for slow is back in its queue, in order, once"
+        assert lost == 0 and len(owed) == SMALL // BIG_EVERY
+        assert told, "the slow socket was told to disconnect, behind what it had not read"
+        pairs.append((p99(with_slow) / max(p99(without), FLOOR), figures))
+
+    pairs.sort(key=lambda pair: pair[0])
+    ratio, median = pairs[len(pairs) // 2]
+    summary(**median, ratios=[round(q, 2) for q, _ in pairs],
+            slow_closed=server.metric("rm_sockets_slow_closed_total"))
+    assert ratio <= 2, [figures for _, figures in pairs]
     for tab in tabs:
         assert not tab.disconnected.is_set()
         tab.close()
