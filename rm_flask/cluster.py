@@ -369,6 +369,10 @@ class View:
                     self.draining.pop(uid, None)
             for uid in list(self.returning):
                 self._returned(uid, server)
+            if len(self.servers) < 2:
+                # Alone now: nobody is left to redo a window of ours, so drains wait for none.
+                for key in [k for k in self.recovering if k.startswith("gap ")]:
+                    del self.recovering[key]
 
     def opened(self, server: str) -> None:
         """`server` announced itself and receives no messages until its `ready`: what is

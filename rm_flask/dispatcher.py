@@ -815,6 +815,15 @@ class Dispatcher:
             self._began(uid, event["g"])
 
     def _on_recovered(self, event: dict[str, Any], _: Any) -> None:
+        """The winner redid a dead server's work from its copy of the sequence, which
+        starts when the winner started: one that started after the dead server's last
+        checkpoint (the dead server restarted, say) holds only part of its window. We
+        redo it from ours too; each id goes into a queue once."""
+        dead = event["e"]
+        down_at = next((g for g, server in self._read_downs.items() if server == dead), 0)
+        if down_at and event["s"] != self.me:
+            del self._read_downs[down_at]
+            self.spawn(self._redo_for_dead, dead, down_at)
         self._wake_drains([u.uid for u in list(self.registry.users.values()) if u.draining])
         for uid in event["w"]:
             self._began(uid, event["g"])
@@ -1258,6 +1267,18 @@ class Dispatcher:
         deadline = time.monotonic() + REDO_WAIT
         while self.view.caught_up.get(server, 0) < until and time.monotonic() < deadline:
             time.sleep(0.05)
+        self._redo(server, since, until, "received no messages for a while")
+
+    def _redo_for_dead(self, dead: str, down_at: int) -> None:
+        try:
+            raw = self.store.redis.get(names.checkpoint_key(dead))
+        except redis.RedisError:
+            raw = None  # from the start of what we kept: each id is merged once anyway
+        self._redo(dead, (int(raw), 0) if raw else (0, 0), down_at, "is gone")
+
+    def _redo(self, server: str, since: Position, until: int, why: str) -> None:
+        """Merge what `server` was to do between `since` and event `until` into the
+        queues, and announce it: the users given something drain (again)."""
         try:
             era = self.view.era
             owed = self._owed_by(server, since, until, era)
@@ -1265,8 +1286,8 @@ class Dispatcher:
                      for uid, stored in owed.items()}
             uids = sorted(uid for uid, n in added.items() if n)
             if uids:
-                log.warning("Server %s received no messages for a while; %d of those it was to "
-                            "handle queued again for %d users", server, sum(added.values()), len(uids))
+                log.warning("Server %s %s; %d of the messages it was to handle queued again for "
+                            "%d users", server, why, sum(added.values()), len(uids))
         except Exception:
             log.exception("Could not redo what server %s missed", server)
             uids = []
@@ -1305,7 +1326,9 @@ class Dispatcher:
             for uid in uids:
                 given += retrying(f"recovering for {uid}",
                                   partial(self.store.recover, dead, uid, self.view.era, owed.get(uid, [])))
-            self.store.redis.delete(names.inflight_users_key(dead), names.checkpoint_key(dead))
+            # The checkpoint stays a while: the others redo the window from theirs too.
+            self.store.redis.delete(names.inflight_users_key(dead))
+            self.store.redis.expire(names.checkpoint_key(dead), 120)
             self.metrics.recommitted.inc(given)
             log.warning("Server %s is gone; gave %d messages (%d of them read since its last "
                         "checkpoint) back to %d queues", dead, given, sum(map(len, owed.values())), len(uids))

@@ -148,6 +148,12 @@ def merged_key(uid: str) -> str:
     return f"{PREFIX}:users:{uid}:merged"
 
 
+def stopped_key(server_id: str) -> str:
+    """Set by a server that stopped on purpose, once it reads nothing more: the others
+    may declare it dead at once, even on a Redis too young to tell by its connections."""
+    return f"{PREFIX}:servers:{server_id}:stopped"
+
+
 def checkpoint_key(server_id: str) -> str:
     """The last event before which `server_id` has handled every message for good."""
     return f"{PREFIX}:servers:{server_id}:checkpoint"

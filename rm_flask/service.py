@@ -169,6 +169,10 @@ class Service:
         self.listener.stop()
         if self._started:
             self.dispatcher.keep_in_redis()
+            try:
+                self.housekeeping_redis.set(names.stopped_key(self.server_id), 1, ex=3600)
+            except redis.RedisError:
+                pass  # found gone by its connections, or its silence, instead
 
     ### Liveness ###
 
@@ -216,6 +220,8 @@ class Service:
         (not even its pings, each second) for `HEARTBEAT_TTL` seconds while ours came
         back on time. The servers are those in `rm:servers` and those in our view, which
         after a FLUSHALL may be in no set at all until they announce themselves again.
+        A server that stopped on purpose leaves a mark when it reads nothing more: that
+        key is evidence too (its absence proves nothing).
         """
         self._last_reap = time.monotonic()
         try:
@@ -233,7 +239,9 @@ class Service:
                 if int(self.redis.info("server").get("uptime_in_seconds", 0)) < RECONNECT_GRACE:
                     connected = None
             for other in sorted(others):
-                if connected is not None and names.client_name(other) not in connected:
+                if self.redis.exists(names.stopped_key(other)):
+                    log.info("Server %s stopped", other)
+                elif connected is not None and names.client_name(other) not in connected:
                     log.info("Server %s has no connection to Redis", other)
                 elif self._silent(other):
                     log.info("Server %s has published nothing for %ds", other, HEARTBEAT_TTL)

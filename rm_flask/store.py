@@ -343,13 +343,15 @@ class Store:
     def recover(self, server_id: str, uid: str, era: str, stored: Sequence[str]) -> int:
         """Merge a dead server's in-flight messages and `stored` into `uid`'s queue, in order.
 
-        Returns how many were given (duplicates of queued ones included).
+        Returns how many were given (duplicates of queued ones included). The ids of
+        `stored` are remembered as merged: the other processes redo the same window.
         """
         return self._recover(
             keys=[
                 names.queue_key(uid),
                 names.inflight_key(server_id, uid),
                 names.inflight_users_key(server_id),
+                names.merged_key(uid),
             ],
             args=[self.queue_expiry, uid, era, *stored],
         )

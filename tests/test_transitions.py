@@ -92,6 +92,30 @@ def kill_subscription(rig: Rig, server: ServerProcess) -> None:
     rig.cutting(lambda: [rig.r.client_kill_filter(_id=c["id"]) for c in subs])
 
 
+def join_one(rig: Rig) -> None:
+    """A process starts into the traffic (the owners of offline users change hands), and
+    a third of the online users move to it: a goodbye, and once every process has read it,
+    a tab there."""
+    first = rig.servers[0]
+    new = ServerProcess(first.redis_port, first.log_path.parent, log_level="warning").start()
+    rig.servers.append(new)
+    for uid in list(rig.home)[::3]:
+        rig.tabs[uid][-1].close()
+        wait_until(lambda uid=uid: not rig.r.exists(f"rm:cluster:users:{uid}"), 10, f"{uid}'s tab gone")
+        rig.tabs[uid].append(rig.ack_tab(new, uid))
+
+
+def restart_one(rig: Rig) -> None:
+    """A process stops (SIGTERM) and starts again into the traffic; its users come back to it."""
+    server = rig.servers[-1]
+    server.stop()
+    server.start()
+    for uid, i in rig.home.items():
+        if i == len(rig.servers) - 1:
+            assert rig.tabs[uid][-1].disconnected.wait(15), f"{uid}'s tab did not notice"
+            rig.tabs[uid].append(rig.ack_tab(server, uid))
+
+
 FAULTS: dict[str, Callable[[Rig], None]] = {
     "flushall": lambda rig: rig.r.flushall(),
     "restart_empty": lambda rig: (rig.redis.stop(), rig.redis.start()),
@@ -101,6 +125,8 @@ FAULTS: dict[str, Callable[[Rig], None]] = {
     "sigterm_one": lambda rig: (rig.servers[1].stop(), rig.come_back_elsewhere(1)),
     "kill9_one": lambda rig: (rig.servers[1].kill(), rig.come_back_elsewhere(1)),
     "kill9_then_flushall": lambda rig: (rig.servers[1].kill(), rig.r.flushall(), rig.come_back_elsewhere(1)),
+    "join_one": join_one,
+    "restart_one": restart_one,
     "sigstop_past_heartbeat": lambda rig: (
         os.kill(rig.servers[1].process.pid, signal.SIGSTOP), time.sleep(17),
         os.kill(rig.servers[1].process.pid, signal.SIGCONT)),
@@ -293,8 +319,9 @@ def check(counts: dict[str, object]) -> None:
 
 
 THREE = ["flushall", "restart_empty", "restart_aof", "client_kill_one", "client_pause",
-         "sigterm_one", "kill9_one", "kill9_then_flushall"]
-ONE = ["flushall", "restart_empty", "restart_aof", "client_pause", "client_kill_one"]
+         "sigterm_one", "kill9_one", "kill9_then_flushall", "join_one", "restart_one"]
+ONE = ["flushall", "restart_empty", "restart_aof", "client_pause", "client_kill_one", "join_one",
+       "restart_one"]
 
 
 @pytest.mark.parametrize("run", range(3))
