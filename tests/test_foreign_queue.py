@@ -106,6 +106,37 @@ def test_two_tabs_identifying_at_once_each_get_every_entry(r, make_server, uid):
             tab.close()
 
 
+def test_two_tabs_on_two_processes_each_get_every_entry_with_the_same_ids(r, make_server, uid):
+    """The drain runs on one process and sends copies to the user's tab on the other:
+    the copies carry the envelope the drain made of each foreign entry, so both tabs get
+    every entry, in order, with one id per entry."""
+    a = make_server()
+    expected = fill(r, a, uid)
+    b = make_server()
+    tabs = [RMClient(a.url).connect(), RMClient(b.url).connect()]
+    try:
+        threads = [threading.Thread(target=t.identify, args=({"uid": uid, "ack": True},)) for t in tabs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        got = [tab.wait_for(len(expected)) for tab in tabs]
+        for messages in got:
+            check(messages, expected)
+        assert [m["id"] for m in got[0]] == [m["id"] for m in got[1]], "one id per entry on both"
+        assert r.publish(f"rm.users.{uid}", "live after") == 2
+        for tab in tabs:
+            assert tab.wait_for(len(expected) + 1)[-1]["payload"] == "live after"
+        wait_until(lambda: r.llen(f"rm:users:{uid}:messages") == 0
+                   and sum(r.zcard(k) for k in r.scan_iter("rm:inflight:*:*")) == 0, 10,
+                   "nothing left queued or in flight")
+        for server in (a, b):
+            assert "Traceback" not in server.log(), server.log()[-3000:]
+    finally:
+        for tab in tabs:
+            tab.close()
+
+
 def test_a_drop_mid_drain_gives_entries_back_with_the_same_ids(r, make_server, uid):
     server = make_server()
     expected = fill(r, server, uid)
