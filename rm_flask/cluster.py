@@ -24,7 +24,7 @@ import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -203,7 +203,23 @@ def parse_position(text: str | int) -> Position:
     return int(seq), int(count or 0)
 
 RECOVERY_WAIT = 10.0  # seconds drains wait at most for a dead server's work to be redone
+LATER_REDO_WAIT = 1.0  # seconds drains wait for the other redos of a window once one is in
 MAX_SEALS = 100_000  # a drain waits for its seal for moments; pings cover a seal forgotten
+
+
+class Route(NamedTuple):
+    """Who handles a message for one user, at its point of the sequence: every process
+    decides the same from the same view (docs/cluster.md, the table under "The idea")."""
+
+    queue_by: str | None  # the owner, who queues it: nobody is online, or their queue drains
+    deliver_on: tuple[str, ...]  # the processes holding the user's sockets: each sends to its own
+    # Whose work it is, for a survivor to redo should that process die or miss it: the
+    # owner that queues, or the one process holding every socket. None when several
+    # hold sockets: each delivers to its own, and the others' copies stand.
+    duty: str | None
+
+    def ours(self, me: str) -> bool:
+        return self.queue_by == me or me in self.deliver_on
 
 
 @dataclass
@@ -230,6 +246,8 @@ class View:
     # Dead servers whose work is being redone, since when (time.monotonic()): drains wait,
     # as what the dead server held goes back into the queues.
     recovering: dict[str, float] = field(default_factory=dict)
+    # server -> the processes whose redo of its window is not in yet (see `rejoined`).
+    redoers: dict[str, set[str]] = field(default_factory=dict)
     # server -> an event it had read (with every message before it) when it said so last:
     # its pings say how far it has read, and a give-back is sent once its `off` was read.
     caught_up: dict[str, int] = field(default_factory=dict)
@@ -287,6 +305,19 @@ class View:
             self._owners[uid] = owner
         return owner
 
+    def route(self, uid: str) -> Route:
+        """Who queues, or delivers, a message for `uid` read now."""
+        socks = self.sockets.get(uid)
+        if not socks or uid in self.draining:
+            # Behind a drain it keeps its place in the queue; the drain's copies reach the
+            # user's sockets on the other processes.
+            owner = self.owner(uid)
+            return Route(owner, (), owner)
+        first = socks[0][0]
+        if all(server == first for server, _ in socks):
+            return Route(None, (first,), first)
+        return Route(None, tuple(dict.fromkeys(server for server, _ in socks)), None)
+
     def home(self, uid: str) -> str | None:
         """The process holding the user's oldest socket: it runs their drains."""
         socks = self.sockets.get(uid)
@@ -333,7 +364,7 @@ class View:
                 while len(self.seals) > MAX_SEALS:
                     del self.seals[next(iter(self.seals))]
             elif kind == "redone":
-                self.recovering.pop(f"gap {event['e']}", None)
+                self._redone(event["e"], server)
             elif kind == "recovered":
                 self.recovered.add(event["e"])
                 self.recovering.pop(event["e"], None)
@@ -369,10 +400,13 @@ class View:
                     self.draining.pop(uid, None)
             for uid in list(self.returning):
                 self._returned(uid, server)
+            for joined in list(self.redoers):
+                self._redone(joined, server, redid=False)  # it will not redo anything now
             if len(self.servers) < 2:
                 # Alone now: nobody is left to redo a window of ours, so drains wait for none.
                 for key in [k for k in self.recovering if k.startswith("gap ")]:
                     del self.recovering[key]
+                self.redoers.clear()
 
     def opened(self, server: str) -> None:
         """`server` announced itself and receives no messages until its `ready`: what is
@@ -391,6 +425,29 @@ class View:
         `RECOVERY_WAIT`."""
         if len(self.servers) > 1:
             self.recovering[f"gap {server}"] = time.monotonic()
+            self.redoers[server] = set(self.servers) - {server}
+
+    def _redone(self, joined: str, by: str, redid: bool = True) -> None:
+        """`by` redid `joined`'s window (or died). The first redo in may be the one with
+        the least: after a Redis restart the processes came back one after the other, and
+        one that came back later read less of the window. So drains wait for every
+        process that was there; the others' redos follow within moments (each waits for
+        the same ping of `joined`), and one that never comes (a process that was itself
+        away when `joined` said `ready`) is waited for `LATER_REDO_WAIT` at most."""
+        key = f"gap {joined}"
+        waiting = self.redoers.get(joined)
+        if waiting is None:
+            self.recovering.pop(key, None)  # we did not read its `ready`: the first redo will do
+            return
+        if by not in waiting:
+            return
+        waiting.discard(by)
+        if not waiting:
+            self.recovering.pop(key, None)
+            del self.redoers[joined]
+        elif redid and key in self.recovering:
+            self.recovering[key] = min(self.recovering[key],
+                                       time.monotonic() - RECOVERY_WAIT + LATER_REDO_WAIT)
 
     def ready_users(self, server: str) -> list[str]:
         """The users whose work in `server`'s window is redone, so who drain at its `ready`.
@@ -438,6 +495,8 @@ class View:
         for server, since in list(self.recovering.items()):
             if since < cutoff:
                 del self.recovering[server]
+                if server.startswith("gap "):
+                    self.redoers.pop(server[4:], None)
         return bool(self.recovering)
 
     def _caught_up(self, server: str, seq: int) -> None:

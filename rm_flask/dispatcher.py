@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, NamedTuple
 
 import redis
 
@@ -30,6 +30,7 @@ from .listener import SUBSCRIBED_HERE
 from .metrics import Metrics
 from .registry import Conn, Pending, Registry, User
 from .store import Store
+from .transport import Transport
 
 log = logging.getLogger("rm_flask")
 
@@ -42,15 +43,6 @@ SUSPENDED_AFTER = 8.0  # seconds without housekeeping after which we ask whether
 ADMIT_AT_ONCE = 8  # identifies announced to Redis at the same time, at most
 ADMIT_WITHIN = 5.0  # seconds an identify may wait for Redis before it is refused
 REDO_WAIT = 3.0  # seconds a redo waits at most for the server it is for to have caught up
-
-
-class Transport(Protocol):
-    """What the dispatcher needs from the socket layer."""
-
-    def send(self, conn: Conn, msg: Message, bubble: bool, callback: Callable[..., None] | None) -> bool:
-        """Queue `msg` for the socket; False if the socket has too much unwritten already."""
-
-    def disconnect(self, conn: Conn) -> None: ...
 
 
 def retrying(what: str, call: Callable[[], Any], give_up_after: float | None = None) -> Any:
@@ -99,6 +91,16 @@ class Incoming:
             msg_id = message_id(self.era, self.seq, self.count)
             self._message = Message(envelope.make(self.channel, self.data, self.received_ms, msg_id))
         return self._message
+
+
+class Seen(NamedTuple):
+    """A message as read, kept `KEEP_RECENT` seconds to redo the work of a process that
+    dies or misses it: for which user, and whose work it was (`Route.duty`)."""
+
+    at: float  # time.monotonic()
+    uid: str
+    duty: str | None
+    message: tuple[Any, ...]  # Incoming(*message) makes it again
 
 
 @dataclass(frozen=True)
@@ -151,13 +153,21 @@ class Dispatcher:
         # (time, uid, who had to deliver or queue it, and the message's fields), for
         # `recover`. Plain values only: the collector skips such tuples, and there are
         # many of them.
-        self.recent: deque[tuple[Any, ...]] = deque()
+        self.recent: deque[Seen] = deque()
         # The last own ping before which every message read is in Redis or delivered.
         self.checkpoint = 0
         # A `down` we published and whose event our listener has not read yet, and the
         # other way round (which comes first is a race): event number -> dead server.
         self._won: dict[int, str] = {}
         self._read_downs: dict[int, str] = {}
+        # What each kind of cluster event does here, after the view has taken it in
+        # (docs/cluster.md names the scripts that publish each).
+        self._handlers: dict[str, Callable[[dict[str, Any], dict[str, str | None]], None]] = {
+            "ping": self._on_ping, "up": self._on_up, "on": self._on_on, "off": self._on_off,
+            "down": self._on_down, "ending": self._on_ending, "copy": self._on_copy,
+            "sealed": self._on_sealed, "returned": self._on_returned, "ready": self._on_ready,
+            "redone": self._on_redone, "recovered": self._on_recovered,
+        }
         self.on_pong: Callable[[], None] = lambda: None
         self.on_declared_dead: Callable[[], None] = lambda: None
         self.on_new_era: Callable[[], list[Any]] = lambda: []
@@ -243,7 +253,7 @@ class Dispatcher:
         declared us dead meanwhile, they redid our work up to their `down`, so what we
         read until we reach that event is no longer ours to handle."""
         try:
-            self._given_up = bool(self.store.listener_client.exists(names.tombstone_key(self.me)))
+            self._given_up = self.store.declared_dead(self.me)
         except redis.RedisError:
             return
         if self._given_up:
@@ -312,15 +322,9 @@ class Dispatcher:
 
     def _members(self, groups: set[str]) -> dict[str, list[str]]:
         order = sorted(groups)
-
-        def read() -> list[set[bytes]]:
-            pipe = self.store.redis.pipeline(transaction=False)
-            for cid in order:
-                pipe.smembers(names.group_members_key(cid))
-            return pipe.execute()
-
         members: dict[str, list[str]] = {}
-        for cid, raw in zip(order, retrying("reading group members", read), strict=True):
+        read = retrying("reading group members", partial(self.store.group_members, order))
+        for cid, raw in zip(order, read, strict=True):
             uids = []
             for item in sorted(raw):
                 uid = names.decode(item)
@@ -344,32 +348,13 @@ class Dispatcher:
         recent = self.recent if len(view.servers) > 1 else None
         now = time.monotonic()
         ours: list[tuple[str, Incoming, list[Socket] | None]] = []
-        sockets, draining = view.sockets, view.draining
+        route, sockets = view.route, view.sockets
         for uid, incoming in plan:
-            socks = sockets.get(uid)
-            if socks and len(socks) == 1 and uid not in draining:
-                # The common case, first: one socket, on one server.
-                holder = socks[0][0]
-                if recent is not None:
-                    recent.append((now, uid, holder, *incoming.fields()))
-                if holder == me:
-                    ours.append((uid, incoming, socks))
-            elif not socks or uid in draining:
-                # Nobody is online, or the user's queue is being drained: the message
-                # queues (behind the drain, keeping its place), by the owner alone.
-                owner = view.owner(uid)
-                if recent is not None:
-                    recent.append((now, uid, owner, *incoming.fields()))
-                if owner == me or (socks and any(s == me for s, _ in socks)):
-                    ours.append((uid, incoming, socks))
-            else:
-                first = socks[0][0]
-                alone = all(s == first for s, _ in socks)
-                if recent is not None:
-                    duty = first if alone else tuple({s for s, _ in socks})
-                    recent.append((now, uid, duty, *incoming.fields()))
-                if (alone and first == me) or any(s == me for s, _ in socks):
-                    ours.append((uid, incoming, socks))
+            decided = route(uid)
+            if recent is not None:
+                recent.append(Seen(now, uid, decided.duty, incoming.fields()))
+            if decided.ours(me):
+                ours.append((uid, incoming, sockets.get(uid)))
         if not ours:
             return 0
         opening = self._opening and len(view.servers) > 1
@@ -587,7 +572,7 @@ class Dispatcher:
             log.debug("Cluster event %s", event)
         homes = self._homes_of(event) if kind in ("off", "down") else {}
         view.apply(event)
-        getattr(self, f"_on_{kind}")(event, homes)
+        self._handlers[kind](event, homes)
 
     def _new_era(self, first: int) -> None:
         """The numbers started again at event `first`: Redis lost its data (a restart
@@ -650,12 +635,12 @@ class Dispatcher:
         if not any(u.held or u.leftover for u in list(self.registry.users.values())):
             self.checkpoint = event["g"]
             try:
-                self.store.listener_client.set(names.checkpoint_key(self.me), self.checkpoint, ex=3600)
+                self.store.write_checkpoint(self.me, self.checkpoint)
             except redis.RedisError:
                 pass  # the next ping writes it
         cutoff = time.monotonic() - KEEP_RECENT
         recent = self.recent
-        while recent and recent[0][0] < cutoff:
+        while recent and recent[0].at < cutoff:
             recent.popleft()
 
     def _on_up(self, event: dict[str, Any], _: Any) -> None:
@@ -1271,10 +1256,10 @@ class Dispatcher:
 
     def _redo_for_dead(self, dead: str, down_at: int) -> None:
         try:
-            raw = self.store.redis.get(names.checkpoint_key(dead))
+            since = self.store.checkpoint(dead)
         except redis.RedisError:
-            raw = None  # from the start of what we kept: each id is merged once anyway
-        self._redo(dead, (int(raw), 0) if raw else (0, 0), down_at, "is gone")
+            since = 0  # from the start of what we kept: each id is merged once anyway
+        self._redo(dead, (since, 0), down_at, "is gone")
 
     def _redo(self, server: str, since: Position, until: int, why: str) -> None:
         """Merge what `server` was to do between `since` and event `until` into the
@@ -1301,10 +1286,10 @@ class Dispatcher:
         queue, after `since` (the last one it handled; (0, 0): from the start of what
         we kept) and before event `until`."""
         owed: dict[str, list[str]] = {}
-        for _, uid, duty, *fields in list(self.recent):
-            incoming = Incoming(*fields)
-            if duty != server:
+        for seen in list(self.recent):
+            if seen.duty != server:
                 continue
+            uid, incoming = seen.uid, Incoming(*seen.message)
             if incoming.era == era:
                 if not (since < (incoming.seq, incoming.count) and incoming.seq < until):
                     continue
@@ -1318,17 +1303,14 @@ class Dispatcher:
         the messages it was to deliver or queue since its last checkpoint, from our own
         copy of the sequence, each in its place."""
         try:
-            raw = self.store.redis.get(names.checkpoint_key(dead))
-            since = (int(raw), 0) if raw else (0, 0)  # everything before that ping
+            since = (self.store.checkpoint(dead), 0)  # everything before that ping
             owed = self._owed_by(dead, since, down_at, self.view.era)
             uids = sorted(set(owed) | self.store.inflight_users(dead))
             given = 0
             for uid in uids:
                 given += retrying(f"recovering for {uid}",
                                   partial(self.store.recover, dead, uid, self.view.era, owed.get(uid, [])))
-            # The checkpoint stays a while: the others redo the window from theirs too.
-            self.store.redis.delete(names.inflight_users_key(dead))
-            self.store.redis.expire(names.checkpoint_key(dead), 120)
+            self.store.forget_dead(dead)
             self.metrics.recommitted.inc(given)
             log.warning("Server %s is gone; gave %d messages (%d of them read since its last "
                         "checkpoint) back to %d queues", dead, given, sum(map(len, owed.values())), len(uids))

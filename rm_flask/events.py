@@ -1,19 +1,16 @@
-"""The Socket.IO side (SPEC §4): connect, identify, disconnect, and sending to sockets."""
+"""The Socket.IO side (SPEC §4): the namespace's handlers for connect, identify and disconnect."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from engineio import packet as eio_packet
 from flask import request
 from flask_socketio import SocketIO
 
 from . import names
 from .auth import Gate, IdentifyError
-from .envelope import Message
-from .registry import Conn, ConnLimitError
+from .registry import ConnLimitError
 
 if TYPE_CHECKING:
     from .service import Service
@@ -53,56 +50,6 @@ def describe(data: Any) -> str:
     if isinstance(data, dict):
         return repr(str(data.get("uid"))[:40])
     return type(data).__name__
-
-
-class SocketTransport:
-    """Sends envelopes and closes sockets through python-socketio's server."""
-
-    def __init__(self, socketio: SocketIO, namespace: str, max_buffered: int = 1000) -> None:
-        self.socketio = socketio
-        self.namespace = namespace
-        self.max_buffered = max_buffered
-        self._prefix = f"2{namespace},"  # a Socket.IO EVENT packet in our namespace
-
-    def send(
-        self, conn: Conn, msg: Message, bubble: bool, callback: Callable[..., None] | None
-    ) -> bool:
-        """Write one `message` event, encoded once per message rather than once per socket.
-
-        This is `emit` without its per-call packet building and JSON encoding: the frame
-        comes ready from `msg`, and only the ack id differs between sockets. It leans on
-        python-socketio's ack registry and Engine.IO's socket table (versions pinned in
-        requirements.txt; the socket tests cover both).
-        """
-        server = self.socketio.server
-        eio_socket = server.eio.sockets.get(conn.eio_sid)
-        if eio_socket is None or eio_socket.closed:
-            return True  # gone already: its disconnect handler gives back what it held
-        if eio_socket.queue.qsize() >= self.max_buffered:
-            return False
-        ack = str(server.manager._generate_ack_id(conn.sid, callback)) if callback else ""
-        eio_socket.send(eio_packet.Packet(eio_packet.MESSAGE, self._prefix + ack + msg.frame(bubble)))
-        return True
-
-    def disconnect(self, conn: Conn) -> None:
-        self.socketio.start_background_task(self._disconnect, conn.sid)
-
-    def refuse(self, sid: str, code: str) -> None:
-        """Tell a socket why it is refused, then close its whole connection."""
-        server = self.socketio.server
-        server.emit("rm_error", {"error": code}, to=sid, namespace=self.namespace)
-        # From a task of its own, so that a callback reply queued now goes out first.
-        self.socketio.start_background_task(self._disconnect, sid, True)
-
-    def _disconnect(self, sid: str, whole: bool = False) -> None:
-        server = self.socketio.server
-        try:
-            eio_sid = server.manager.eio_sid_from_sid(sid, self.namespace)
-            server.disconnect(sid, namespace=self.namespace)
-            if whole and eio_sid is not None:
-                server.eio.disconnect(eio_sid)
-        except Exception:
-            log.debug("disconnect of %s failed", sid, exc_info=True)
 
 
 def init_app(socketio: SocketIO, service: Service) -> None:

@@ -20,11 +20,11 @@ from . import cluster, names
 from .cluster import Cluster
 from .config import Config
 from .dispatcher import ADMIT_AT_ONCE, Dispatcher, retrying
-from .events import SocketTransport
 from .listener import Listener
 from .metrics import Metrics
 from .registry import Registry
 from .store import Store
+from .transport import SocketTransport
 
 log = logging.getLogger("rm_flask")
 

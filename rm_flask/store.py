@@ -366,6 +366,32 @@ class Store:
             args=[self.queue_expiry, uid, era, *stored],
         )
 
+    def group_members(self, cids: Sequence[str]) -> list[set[bytes]]:
+        """Each group's member set, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for cid in cids:
+            pipe.smembers(names.group_members_key(cid))
+        return pipe.execute()
+
+    ### A server's marks (on the listener's connection: written as it reads) ###
+
+    def declared_dead(self, server_id: str) -> bool:
+        return bool(self.listener_client.exists(names.tombstone_key(server_id)))
+
+    def write_checkpoint(self, server_id: str, seq: int) -> None:
+        self.listener_client.set(names.checkpoint_key(server_id), seq, ex=3600)
+
+    def checkpoint(self, server_id: str) -> int:
+        """The last checkpoint `server_id` wrote (0: none, or Redis lost it)."""
+        raw = self.redis.get(names.checkpoint_key(server_id))
+        return int(raw) if raw else 0
+
+    def forget_dead(self, server_id: str) -> None:
+        """A dead server's work is redone: its index of users goes; its checkpoint stays
+        two minutes, as the other survivors redo the window after it too."""
+        self.redis.delete(names.inflight_users_key(server_id))
+        self.redis.expire(names.checkpoint_key(server_id), 120)
+
     def _next_scores(self, count: int) -> int:
         with self._score_lock:
             first = self._score + 1

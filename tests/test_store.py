@@ -94,3 +94,23 @@ def test_recover_merges_a_dead_servers_work_in_order_each_id_once(r):
     assert not r.exists("rm:inflight:dead:a")
     assert survivor.inflight_users("dead") == set()
     assert 0 < r.ttl("rm:users:a:messages") <= 100
+
+
+def test_a_dead_servers_checkpoint_outlives_its_recovery_for_two_minutes(store, r):
+    """Every survivor redoes the dead server's window after its checkpoint, the winner
+    first: the others read the checkpoint after the winner is done."""
+    assert store.checkpoint("srv2") == 0
+    store.write_checkpoint("srv2", 41)
+    assert store.checkpoint("srv2") == 41
+    r.sadd("rm:inflight:srv2", "u")
+    store.forget_dead("srv2")
+    assert not r.exists("rm:inflight:srv2")
+    assert store.checkpoint("srv2") == 41 and 0 < r.ttl("rm:servers:srv2:checkpoint") <= 120
+
+
+def test_recover_remembers_what_it_merged_so_a_later_merge_adds_nothing(store, r):
+    era_item = json.dumps({"id": "e1.5.1", "p": 1}, separators=(",", ":"))  # as envelopes are
+    assert store.recover("srv2", "u", "e1", [era_item]) == 1
+    r.delete("rm:users:u:messages")  # a drain took it
+    assert store.merge("u", "e1", [era_item]) == 0
+    assert not r.exists("rm:users:u:messages")
