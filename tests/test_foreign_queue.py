@@ -67,6 +67,15 @@ def check(messages: list[dict[str, Any]], expected: list[tuple[str, dict[str, An
     assert len(set(ids)) == len(ids), f"each entry has an id of its own: {ids}"
 
 
+def identify_together(tabs: list[RMClient], uid: str) -> None:
+    """Each tab identifies as `uid` in ack mode, all at the same moment."""
+    threads = [threading.Thread(target=t.identify, args=({"uid": uid, "ack": True},)) for t in tabs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+
+
 def foreign_count(server: ServerProcess) -> float:
     return server.metric("rm_queue_foreign_total")
 
@@ -91,11 +100,7 @@ def test_two_tabs_identifying_at_once_each_get_every_entry(r, make_server, uid):
     expected = fill(r, server, uid)
     tabs = [RMClient(server.url).connect(), RMClient(server.url).connect()]
     try:
-        threads = [threading.Thread(target=t.identify, args=({"uid": uid, "ack": True},)) for t in tabs]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(10)
+        identify_together(tabs, uid)
         for tab in tabs:
             check(tab.wait_for(len(expected)), expected)
         assert r.publish(f"rm.users.{uid}", "live after") == 1
@@ -115,11 +120,7 @@ def test_two_tabs_on_two_processes_each_get_every_entry_with_the_same_ids(r, mak
     b = make_server()
     tabs = [RMClient(a.url).connect(), RMClient(b.url).connect()]
     try:
-        threads = [threading.Thread(target=t.identify, args=({"uid": uid, "ack": True},)) for t in tabs]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(10)
+        identify_together(tabs, uid)
         got = [tab.wait_for(len(expected)) for tab in tabs]
         for messages in got:
             check(messages, expected)
