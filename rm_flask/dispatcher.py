@@ -391,11 +391,10 @@ class Dispatcher:
                 live = user.live()
                 if not live:
                     # Our sockets of this user left and the others have not read it yet:
-                    # keep it to give back with what they held (unless others have it).
-                    if all(s == me for s, _ in socks):
-                        user.leftover.append(incoming.message())
-                    else:
-                        self.registry.forget_if_idle(user)
+                    # keep it to give back with what they held. Also when other processes
+                    # hold sockets of the user: theirs may be leaving too, unread as ours
+                    # (each then gives it back, and the queue keeps one copy).
+                    user.leftover.append(incoming.message())
                     continue
                 msg = incoming.message()
                 # With only ack-mode sockets, a message is delivered once acknowledged, so

@@ -119,8 +119,14 @@ return 0
 # same reason as _CLAIM: removal and push together.
 # ARGV: the TTL, the uid, then the members to give back, oldest first (none: all of them).
 # A member given is pushed even when the set does not hold it: a live message whose
-# tracking write failed is still ours to give back.
+# tracking write failed is still ours to give back. One the queue holds already is not
+# pushed again: two processes whose tabs of one user both went away give back the same
+# message (each kept what its own tab missed). Its copy is where it would go, its place
+# in the sequence being its id.
 _RECOMMIT = _POSITION + """
+local function id_of(item)
+  return string.match(item, '^{"id":"([^"]*)"')
+end
 local items
 if #ARGV > 2 then
   items = {}
@@ -139,7 +145,10 @@ for _, item in ipairs(items) do
     at = at + 1
     pivot = redis.call('LINDEX', KEYS[1], at)
   end
-  if pivot then redis.call('LINSERT', KEYS[1], 'BEFORE', pivot, item)
+  local id = id_of(item)
+  if pivot and id and id_of(pivot) == id then
+    -- queued already: the next goes after it
+  elseif pivot then redis.call('LINSERT', KEYS[1], 'BEFORE', pivot, item)
   else redis.call('RPUSH', KEYS[1], item) end
   at = at + 1
 end

@@ -114,3 +114,19 @@ def test_recover_remembers_what_it_merged_so_a_later_merge_adds_nothing(store, r
     r.delete("rm:users:u:messages")  # a drain took it
     assert store.merge("u", "e1", [era_item]) == 0
     assert not r.exists("rm:users:u:messages")
+
+
+def test_a_give_back_of_a_message_queued_already_leaves_one_copy(r):
+    """Two processes whose tabs of one user both went away give back what each kept for
+    its own tab: the same messages, in envelopes that may differ (their own timestamps)."""
+    mine = Store(r, "srv1", queue_expiry=100, max_queue_length=100)
+    other = Store(r, "srv2", queue_expiry=100, max_queue_length=100)
+    mine.append("u", env(9, 1))
+    mine.recommit("u", [env(2, 1), env(3, 1), env(5, 1)])
+    restamped = [json.dumps({**json.loads(env(seq, 1)), "t": 1}, separators=(",", ":"))
+                 for seq in (1, 3, 5, 7)]
+    other.recommit("u", restamped)
+    assert ids(r, "u") == ["e1.1.1", "e1.2.1", "e1.3.1", "e1.5.1", "e1.7.1", "e1.9.1"]
+    # Entries without an id (another program's) are never taken for one another.
+    mine.recommit("u", ["plain", "plain"])
+    assert r.lrange("rm:users:u:messages", 0, 1) == [b"plain", b"plain"]

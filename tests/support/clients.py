@@ -64,6 +64,7 @@ class RMClient:
         self.acked_ids: dict[str, float] = {}  # envelope id -> when its ack was queued, before closing
         self.on_arrival: Any = None  # called with each envelope as it arrives, before its ack
         self.ended: str | None = None  # how the test ended it: "closed", "dropped", "vanished"
+        self.vanished_at: float | None = None  # when it vanished (time.monotonic())
         self.closing = False
         self.errors: list[dict[str, Any]] = []
         self.disconnected = threading.Event()
@@ -177,7 +178,7 @@ class RMClient:
         connected through stops forwarding, so the server hears nothing, ever; then this
         end is let go (its own close never gets past the proxy)."""
         proxy.cut(self.local_port())
-        self.ended = "vanished"
+        self.ended, self.vanished_at = "vanished", time.monotonic()
         self.drop()
 
 
