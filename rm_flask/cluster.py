@@ -29,6 +29,22 @@ from typing import Any, NamedTuple
 import redis
 
 from . import names
+from .cluster_events import (
+    Down,
+    Ending,
+    Event,
+    Off,
+    On,
+    Ping,
+    Position,
+    Ready,
+    Recovered,
+    Redone,
+    Returned,
+    Sealed,
+    Socket,
+    Up,
+)
 
 # Every event is numbered by one counter and published by the same script that changes
 # the state it announces, so that the state in Redis and the place of the event in the
@@ -131,8 +147,10 @@ local g = redis.call('INCR', KEYS[1])
 for _, uid in ipairs(started) do redis.call('HSET', KEYS[3], uid, g) end
 local users = {}
 for i = 4, #KEYS do users[#users + 1] = ARGV[i + 1] end
+-- `e` as text: a server id of digits would otherwise become a number (cluster_events.parse
+-- reads it as the kind says).
 redis.call('PUBLISH', KEYS[2], cjson.encode({g = g, t = ARGV[1], s = ARGV[2],
-  e = tonumber(ARGV[4]) or ARGV[4], u = users, w = started}))
+  e = ARGV[4], u = users, w = started}))
 return g
 """
 
@@ -180,12 +198,6 @@ def message_id(era: str, seq: int, count: int) -> str:
     return f"{era}.{seq:x}.{count:x}"
 
 
-Socket = tuple[str, str]  # (server, sid)
-# Where a message stands in the sequence: the event before it, and its count since.
-# (E, 0) is the event itself, before any message after it.
-Position = tuple[int, int]
-
-
 def tail_count(server: str, n: int) -> int:
     """A count for the `n`th message a process read after subscribing and before the next
     event, when it does not know how many came before it in that segment: past every
@@ -198,9 +210,6 @@ def position_text(position: Position) -> str:
     return f"{position[0]} {position[1]}"
 
 
-def parse_position(text: str | int) -> Position:
-    seq, _, count = str(text).partition(" ")
-    return int(seq), int(count or 0)
 
 RECOVERY_WAIT = 10.0  # seconds drains wait at most for a dead server's work to be redone
 LATER_REDO_WAIT = 1.0  # seconds drains wait for the other redos of a window once one is in
@@ -323,71 +332,67 @@ class View:
         socks = self.sockets.get(uid)
         return socks[0][0] if socks else None
 
-    def apply(self, event: dict[str, Any]) -> None:
+    def apply(self, event: Event) -> None:
         """Move the view past one event."""
-        self.seq, self.count = event["g"], 0
-        kind = event["t"]
-        server = event["s"]
-        if kind == "on":
-            uid = event["u"]
-            socks = self.sockets.setdefault(uid, [])
-            for gone in event["x"]:
-                s, _, sid = gone.partition(" ")
-                if (s, sid) in socks:
-                    socks.remove((s, sid))
-            socks.append((server, event["c"]))
-            if event["d"]:
-                self._begin(uid, event["g"])
-        elif kind == "off":
-            uid = event["u"]
+        self.seq, self.count = event.seq, 0
+        server = event.server
+        if isinstance(event, On):
+            socks = self.sockets.setdefault(event.uid, [])
+            for gone in event.evicted:
+                if gone in socks:
+                    socks.remove(gone)
+            socks.append((server, event.sid))
+            if event.first:
+                self._begin(event.uid, event.seq)
+        elif isinstance(event, Off):
+            uid = event.uid
             socks = self.sockets.get(uid, [])
-            if (server, event["c"]) in socks:
-                socks.remove((server, event["c"]))
-            if event["r"]:
+            if (server, event.sid) in socks:
+                socks.remove((server, event.sid))
+            if event.giving_back:
                 self.returning.setdefault(uid, set()).add(server)
             if not socks:
                 self.sockets.pop(uid, None)
                 self.draining.pop(uid, None)
-        elif kind == "ending":
-            for uid in event["u"]:
+        elif isinstance(event, Ending):
+            for uid in event.uids:
                 self.draining.pop(uid, None)
-        elif kind == "ping":
-            self._caught_up(server, event["e"])
-        elif kind in ("returned", "recovered", "sealed", "redone", "ready"):
-            if kind == "returned":
-                self._caught_up(server, event["e"])
-                for uid in event["u"]:
+        elif isinstance(event, Ping):
+            self._caught_up(server, event.read)
+        elif isinstance(event, Returned | Recovered | Sealed | Redone | Ready):
+            if isinstance(event, Returned):
+                self._caught_up(server, event.off)
+                for uid in event.uids:
                     self._returned(uid, server)
-            elif kind == "sealed":
-                for uid in event["u"]:
-                    self.seals[(uid, event["e"])] = None
+            elif isinstance(event, Sealed):
+                for uid in event.uids:
+                    self.seals[(uid, event.before)] = None
                 while len(self.seals) > MAX_SEALS:
                     del self.seals[next(iter(self.seals))]
-            elif kind == "redone":
-                self._redone(event["e"], server)
-            elif kind == "recovered":
-                self.recovered.add(event["e"])
-                self.recovering.pop(event["e"], None)
-            elif kind == "ready":
+            elif isinstance(event, Redone):
+                self._redone(event.joined, server)
+            elif isinstance(event, Recovered):
+                self.recovered.add(event.dead)
+                self.recovering.pop(event.dead, None)
+            else:
                 self.rejoined(server)
-            for uid in event["w"]:
-                self._begin(uid, event["g"])
-        elif kind == "up":
+            for uid in event.started:
+                self._begin(uid, event.seq)
+        elif isinstance(event, Up):
             self.recovered.discard(server)  # declared dead, and back: it certifies again
             if server not in self.servers:
                 self.servers = sorted([*self.servers, server])
                 self._owners.clear()
-            if event.get("r", 1):
+            if event.rejoin:
                 self.opened(server)
             # Sockets it put back after Redis lost them: new to a view loaded meanwhile.
-            for entry in event.get("k", ()):
-                sid, _, uid = entry.partition(" ")
+            for sid, uid in event.restored:
                 socks = self.sockets.setdefault(uid, [])
                 if (server, sid) not in socks:
                     socks.append((server, sid))
-            for uid in event.get("w", ()):
-                self._begin(uid, event["g"])
-        elif kind == "down":
+            for uid in event.started:
+                self._begin(uid, event.seq)
+        elif isinstance(event, Down):
             self.recovering[server] = time.monotonic()
             self.servers = [s for s in self.servers if s != server]
             self._owners.clear()
@@ -407,6 +412,7 @@ class View:
                 for key in [k for k in self.recovering if k.startswith("gap ")]:
                     del self.recovering[key]
                 self.redoers.clear()
+        # Copy: not the view's business.
 
     def opened(self, server: str) -> None:
         """`server` announced itself and receives no messages until its `ready`: what is
@@ -575,12 +581,3 @@ class Cluster:
                   names.tombstone_key(server_id)],
             args=[server_id, names.USER_SOCKETS_PREFIX],
         )
-
-
-def parse(data: bytes) -> dict[str, Any]:
-    event = json.loads(data)
-    # cjson writes an empty Lua table as {}, not [].
-    for key in ("x", "u", "w", "k", "m"):
-        if event.get(key) == {}:
-            event[key] = []
-    return event

@@ -16,19 +16,36 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
 import redis
 
-from . import cluster, envelope, names
-from .cluster import Cluster, Position, Socket, View, message_id, tail_count
+from . import cluster_events, envelope, names
+from .cluster import Cluster, View, message_id, tail_count
+from .cluster_events import (
+    Copy,
+    Down,
+    Ending,
+    Event,
+    Off,
+    On,
+    Ping,
+    Position,
+    Ready,
+    Recovered,
+    Redone,
+    Returned,
+    Sealed,
+    Socket,
+    Up,
+)
 from .envelope import Message
 from .listener import SUBSCRIBED_HERE
 from .metrics import Metrics
-from .registry import Conn, Pending, Registry, User
+from .registry import Conn, Pending, Phase, Registry, User
 from .store import Store
 from .transport import Transport
 
@@ -162,11 +179,11 @@ class Dispatcher:
         self._read_downs: dict[int, str] = {}
         # What each kind of cluster event does here, after the view has taken it in
         # (docs/cluster.md names the scripts that publish each).
-        self._handlers: dict[str, Callable[[dict[str, Any], dict[str, str | None]], None]] = {
-            "ping": self._on_ping, "up": self._on_up, "on": self._on_on, "off": self._on_off,
-            "down": self._on_down, "ending": self._on_ending, "copy": self._on_copy,
-            "sealed": self._on_sealed, "returned": self._on_returned, "ready": self._on_ready,
-            "redone": self._on_redone, "recovered": self._on_recovered,
+        self._handlers: dict[type[Event], Callable[[Any, dict[str, str | None]], None]] = {
+            Ping: self._on_ping, Up: self._on_up, On: self._on_on, Off: self._on_off,
+            Down: self._on_down, Ending: self._on_ending, Copy: self._on_copy,
+            Sealed: self._on_sealed, Returned: self._on_returned, Ready: self._on_ready,
+            Redone: self._on_redone, Recovered: self._on_recovered,
         }
         self.on_pong: Callable[[], None] = lambda: None
         self.on_declared_dead: Callable[[], None] = lambda: None
@@ -236,7 +253,7 @@ class Dispatcher:
                     self._route(run)
                     run = []
                 try:
-                    self._event(cluster.parse(data))
+                    self._event(cluster_events.parse(data))
                 except Exception:
                     log.exception("Failed to follow cluster event %r", data[:200])
             else:
@@ -385,7 +402,7 @@ class Dispatcher:
                     # that server sends us copies of what it drains (`_on_copy`).
                     continue
                 user = self.registry.user(uid) or self.registry.hold(uid)
-                if user.holding:
+                if user.phase.holds:
                     user.held.append(incoming.message())
                     continue
                 live = user.live()
@@ -506,7 +523,7 @@ class Dispatcher:
             return  # already acknowledged by another tab, or given back already
         self.metrics.delivered.inc()
         self._settle(uid, [pending.message.stored])
-        if user.draining:
+        if user.phase.runs:
             user.drain_wakeup.set()
         if not user.conns:
             self.registry.forget_if_idle(user)
@@ -547,11 +564,11 @@ class Dispatcher:
 
     ### The cluster's events ###
 
-    def _event(self, event: dict[str, Any]) -> None:
+    def _event(self, event: Event) -> None:
         view = self.view
         if not view.synced:
             joining = self._joining
-            if joining is not None and event["g"] == joining.seq:
+            if joining is not None and event.seq == joining.seq:
                 view.load(joining.seq, joining.era, joining.servers, joining.sockets, joining.draining)
                 self.window_from = (joining.read if joining.read[0] and joining.was == view.era
                                     else (joining.seq, 0))
@@ -562,16 +579,15 @@ class Dispatcher:
                 self._loaded()
                 self.on_synced()
             return  # events before our `up` are in the state it returned
-        if event["g"] <= view.seq:
-            self._new_era(event["g"])
-        kind = event["t"]
-        if kind != "down":
-            self.heard[event["s"]] = time.monotonic()
-        if kind != "ping":
+        if event.seq <= view.seq:
+            self._new_era(event.seq)
+        if not isinstance(event, Down):
+            self.heard[event.server] = time.monotonic()
+        if not isinstance(event, Ping):
             log.debug("Cluster event %s", event)
-        homes = self._homes_of(event) if kind in ("off", "down") else {}
+        homes = self._homes_of(event) if isinstance(event, Off | Down) else {}
         view.apply(event)
-        self._handlers[kind](event, homes)
+        self._handlers[type(event)](event, homes)
 
     def _new_era(self, first: int) -> None:
         """The numbers started again at event `first`: Redis lost its data (a restart
@@ -609,30 +625,30 @@ class Dispatcher:
             for sid in list(user.leaving):
                 if (self.me, sid) not in view.sockets.get(user.uid, ()):
                     self.spawn(self._give_back, user.uid, sid, view.seq)
-            if user.holding and user.end is None:
+            if user.phase.holds and user.end is None:
                 user.end = (view.seq, self.me)  # its end is behind us
             user.drain_wakeup.set()
         for uid in list(view.draining):
             if view.home(uid) == self.me:
                 self._start_drain(uid)
 
-    def _homes_of(self, event: dict[str, Any]) -> dict[str, str | None]:
+    def _homes_of(self, event: Off | Down) -> dict[str, str | None]:
         """Where the drains of the users an event concerns run now, to see them move."""
         view = self.view
-        if event["t"] == "off":
-            return {event["u"]: view.home(event["u"])}
-        server = event["s"]
+        if isinstance(event, Off):
+            return {event.uid: view.home(event.uid)}
+        server = event.server
         return {uid: socks[0][0] for uid, socks in view.sockets.items() if any(s == server for s, _ in socks)}
 
-    def _on_ping(self, event: dict[str, Any], _: Any) -> None:
-        if event["s"] != self.me:
+    def _on_ping(self, event: Ping, _: Any) -> None:
+        if event.server != self.me:
             return
         self.on_pong()
         # Everything read before our ping is delivered or in Redis, unless held here.
         # Written at once: the older a dead server's checkpoint, the more a survivor
         # sends again.
         if not any(u.held or u.leftover for u in list(self.registry.users.values())):
-            self.checkpoint = event["g"]
+            self.checkpoint = event.seq
             try:
                 self.store.write_checkpoint(self.me, self.checkpoint)
             except redis.RedisError:
@@ -642,24 +658,23 @@ class Dispatcher:
         while recent and recent[0].at < cutoff:
             recent.popleft()
 
-    def _on_up(self, event: dict[str, Any], _: Any) -> None:
-        server = event["s"]
+    def _on_up(self, event: Up, _: Any) -> None:
+        server = event.server
         if server != self.me:
             log.info("Server %s joined; %d on this Redis", server, len(self.view.servers))
-        for uid in event.get("w", ()):
-            self._began(uid, event["g"])
+        for uid in event.started:
+            self._began(uid, event.seq)
 
-    def _on_on(self, event: dict[str, Any], _: Any) -> None:
-        uid = event["u"]
-        for gone in event["x"]:
-            server, _, sid = gone.partition(" ")
+    def _on_on(self, event: On, _: Any) -> None:
+        uid = event.uid
+        for server, sid in event.evicted:
             old = self.registry.get(sid) if server == self.me else None
             if old is not None:
                 log.info("%s: more than %d sockets open, closing the oldest (%s)",
                          uid, self.registry.user_conn_limit, old.address)
                 self.transport.disconnect(old)
-        if event["s"] == self.me:
-            conn = self.registry.get(event["c"])
+        if event.server == self.me:
+            conn = self.registry.get(event.sid)
             if conn is not None and conn.announced == uid and conn.uid is None:
                 with self.registry.user_lock(uid):
                     user = self.registry.join(conn, uid)
@@ -668,11 +683,11 @@ class Dispatcher:
             # A tab on another process joins a user whose queue we drain: it gets what
             # the drain sent so far, as `_replay` does for a tab here.
             user = self.registry.user(uid)
-            if user is not None and user.draining and not user.holding and user.drain_log:
+            if user is not None and user.phase is Phase.DRAINING and user.drain_log:
                 with self.registry.user_lock(uid):
-                    self._copy_drained(uid, list(user.drain_log), to=event["c"])
-        if event["d"]:
-            self._began(uid, event["g"])
+                    self._copy_drained(uid, list(user.drain_log), to=event.sid)
+        if event.first:
+            self._began(uid, event.seq)
 
     def _began(self, uid: str, seq: int) -> None:
         """A drain of `uid` began at event `seq`: the owner certifies, the home drains."""
@@ -686,14 +701,14 @@ class Dispatcher:
         # Every message before `seq` was read, and queued if it was ours to queue.
         retrying(f"certifying the queue of {uid}", lambda: self.cluster.mark("sealed", [uid], ref=seq))
 
-    def _on_off(self, event: dict[str, Any], homes: dict[str, str | None]) -> None:
-        uid = event["u"]
-        if event["s"] == self.me:
-            self.spawn(self._give_back, uid, event["c"], event["g"])
+    def _on_off(self, event: Off, homes: dict[str, str | None]) -> None:
+        uid = event.uid
+        if event.server == self.me:
+            self.spawn(self._give_back, uid, event.sid, event.seq)
         self._moved(homes)
 
-    def _on_down(self, event: dict[str, Any], homes: dict[str, str | None]) -> None:
-        dead = event["s"]
+    def _on_down(self, event: Down, homes: dict[str, str | None]) -> None:
+        dead = event.server
         if dead == self.me:
             log.error("Other servers declared this one dead (its heartbeat lapsed); rejoining")
             self._given_up = False
@@ -701,10 +716,10 @@ class Dispatcher:
             return
         log.warning("Server %s is gone; %d left on this Redis", dead, len(self.view.servers))
         self._moved(homes)
-        if self._won.pop(event["g"], None) == dead:
-            self.spawn(self.recover, dead, event["g"])
+        if self._won.pop(event.seq, None) == dead:
+            self.spawn(self.recover, dead, event.seq)
         else:
-            self._read_downs[event["g"]] = dead
+            self._read_downs[event.seq] = dead
             while len(self._read_downs) > 100:
                 del self._read_downs[next(iter(self._read_downs))]
 
@@ -722,42 +737,42 @@ class Dispatcher:
         for uid, before in homes.items():
             if self.view.home(uid) == self.me != before:
                 user = self.registry.user(uid)
-                if uid in self.view.draining or (user is not None and user.holding):
+                if uid in self.view.draining or (user is not None and user.phase.holds):
                     self._start_drain(uid)
 
-    def _on_ending(self, event: dict[str, Any], _: Any) -> None:
-        for uid in event["u"]:
+    def _on_ending(self, event: Ending, _: Any) -> None:
+        for uid in event.uids:
             owner, home = self.view.owner(uid), self.view.home(uid)
             user = self.registry.user(uid)
             if home == self.me:
                 if user is not None:
-                    user.end = (event["g"], owner)
+                    user.end = (event.seq, owner)
                     user.drain_wakeup.set()
                 continue
             if owner == self.me and home is not None:
-                self._seal(uid, event["g"])
+                self._seal(uid, event.seq)
             if user is not None and user.live() and home is not None:
                 # The last of the queue reaches our tabs as copies from the home: what
                 # comes live meanwhile waits for the last copy (or for the drain to move
                 # here, which then sends the rest itself).
                 with self.registry.user_lock(uid):
-                    user.holding, user.end = True, (event["g"], owner)
+                    user.hold((event.seq, owner))
 
-    def _on_copy(self, event: dict[str, Any], _: Any) -> None:
+    def _on_copy(self, event: Copy, _: Any) -> None:
         """The home of a user's drain sent these to its sockets: ours get them too."""
-        uid = event["u"][0]
-        user = self.registry.user(uid) if event["s"] != self.me else None
+        uid = event.uid
+        user = self.registry.user(uid) if event.server != self.me else None
         if user is None:
             return
-        to = event["c"]
+        to = event.to
         with self.registry.user_lock(uid):
             channel, bubble = names.user_channel(uid), self._bubble(uid)
-            for raw in event["m"]:
+            for raw in event.messages:
                 msg, _ = Message.from_queue(raw.encode("utf-8", "surrogateescape"), channel)
                 for conn in user.live():
                     if not to or conn.sid == to:
                         self._write(user, conn, msg, conn.sid == bubble)
-            if event["f"] and user.holding and not user.draining:
+            if event.over and user.phase is Phase.FOLLOWING:
                 self._release_held(user)
                 if user.leftover and not user.live():
                     self.spawn(self._return_leftover, uid)
@@ -769,53 +784,53 @@ class Dispatcher:
             retrying(f"copying the drain of {uid}",
                      partial(self.cluster.copy, uid, [m.stored for m in messages], over, to))
 
-    def _on_sealed(self, event: dict[str, Any], _: Any) -> None:
-        self._wake_drains(event["u"])
+    def _on_sealed(self, event: Sealed, _: Any) -> None:
+        self._wake_drains(event.uids)
 
-    def _on_returned(self, event: dict[str, Any], _: Any) -> None:
-        self._wake_drains(event["u"])
-        for uid in event["w"]:
-            self._began(uid, event["g"])
+    def _on_returned(self, event: Returned, _: Any) -> None:
+        self._wake_drains(event.uids)
+        for uid in event.started:
+            self._began(uid, event.seq)
 
-    def _on_ready(self, event: dict[str, Any], _: Any) -> None:
+    def _on_ready(self, event: Ready, _: Any) -> None:
         """A server receives messages from here on; what was its to do in its window
-        (from event `e`), we redo, as does every other process that read this (each id
+        (from `since`), we redo, as does every other process that read this (each id
         goes into a queue once, whoever merges it first)."""
-        server = event["s"]
+        server = event.server
         if server == self.me:
             self._opening = False
             # Everything before it is handled: say so now, not at the next ping, as the
             # others' redos wait for that (`redo_gap`).
             self.spawn(retrying, "saying how far we read",
-                       partial(self.cluster.mark, "ping", ref=event["g"]))
+                       partial(self.cluster.mark, "ping", ref=event.seq))
         elif len(self.view.servers) > 1:
-            self.spawn(self.redo_gap, server, cluster.parse_position(event["e"]), event["g"])
-        for uid in event["w"]:
-            self._began(uid, event["g"])
+            self.spawn(self.redo_gap, server, event.since, event.seq)
+        for uid in event.started:
+            self._began(uid, event.seq)
 
-    def _on_redone(self, event: dict[str, Any], _: Any) -> None:
-        self._wake_drains([u.uid for u in list(self.registry.users.values()) if u.draining])
-        for uid in event["w"]:
-            self._began(uid, event["g"])
+    def _on_redone(self, event: Redone, _: Any) -> None:
+        self._wake_drains([u.uid for u in list(self.registry.users.values()) if u.phase.runs])
+        for uid in event.started:
+            self._began(uid, event.seq)
 
-    def _on_recovered(self, event: dict[str, Any], _: Any) -> None:
+    def _on_recovered(self, event: Recovered, _: Any) -> None:
         """The winner redid a dead server's work from its copy of the sequence, which
         starts when the winner started: one that started after the dead server's last
         checkpoint (the dead server restarted, say) holds only part of its window. We
         redo it from ours too; each id goes into a queue once."""
-        dead = event["e"]
+        dead = event.dead
         down_at = next((g for g, server in self._read_downs.items() if server == dead), 0)
-        if down_at and event["s"] != self.me:
+        if down_at and event.server != self.me:
             del self._read_downs[down_at]
             self.spawn(self._redo_for_dead, dead, down_at)
-        self._wake_drains([u.uid for u in list(self.registry.users.values()) if u.draining])
-        for uid in event["w"]:
-            self._began(uid, event["g"])
+        self._wake_drains([u.uid for u in list(self.registry.users.values()) if u.phase.runs])
+        for uid in event.started:
+            self._began(uid, event.seq)
 
-    def _wake_drains(self, uids: list[str]) -> None:
+    def _wake_drains(self, uids: Iterable[str]) -> None:
         for uid in uids:
             user = self.registry.user(uid)
-            if user is not None and user.draining:
+            if user is not None and user.phase.runs:
                 user.drain_wakeup.set()
 
     ### Identify and drain ###
@@ -897,10 +912,10 @@ class Dispatcher:
             user = self.registry.user(uid)
             if user is None or not user.live():
                 return
-            if user.draining:
+            if user.phase.runs:
                 user.drain_wakeup.set()
                 return
-            user.draining = True
+            user.begin_drain()
         self.spawn(self._drain, user)
 
     def _drain(self, user: User) -> None:
@@ -941,7 +956,7 @@ class Dispatcher:
                 if not user.live() or view.home(uid) != self.me:
                     self._end_drain(user)
                     return
-                if user.holding:
+                if user.phase is Phase.ENDING:
                     if user.end is None or not view.sealed(uid, *user.end):
                         batch = None  # the end is not read, or not certified yet
                     else:
@@ -965,7 +980,7 @@ class Dispatcher:
                                  names.user_channel(uid), self._queued_count(uid, len(batch)))
                     waiting = self._send_drained(user, batch)
                 elif batch == []:
-                    user.holding, user.end = True, None
+                    user.hold(None)
                 user.drain_wakeup.clear()
             if batch == []:
                 log.debug("%s: queue empty, ending the drain", uid)
@@ -984,9 +999,7 @@ class Dispatcher:
 
     def _release_held(self, user: User) -> None:
         """The drain is over: send what arrived since its end, live from now (lock held)."""
-        held, user.held = user.held, []
-        user.holding, user.end = False, None
-        self._send_late(user, held)
+        self._send_late(user, user.release())
 
     def _send_late(self, user: User, held: list[Message]) -> None:
         """Send messages held back, as if live (lock held)."""
@@ -1102,13 +1115,9 @@ class Dispatcher:
             user.drain_wakeup.clear()
 
     def _end_drain(self, user: User) -> None:
-        user.draining = False
-        user.drain_log = []
-        if user.holding:
-            # Our sockets left before the drain's end was certified: what arrived since
-            # is given back with what they held.
-            user.leftover.extend(user.held)
-            user.held, user.holding, user.end = [], False, None
+        # If our sockets left before the drain's end was certified, what arrived since is
+        # given back with what they held.
+        user.stop_drain()
         self.registry.forget_if_idle(user)
 
     ### Leaving ###
@@ -1130,7 +1139,7 @@ class Dispatcher:
                 if not pending.waiting and user.pending.pop(pending.message.id, None) is not None:
                     orphans.append(pending)
             user.leaving[conn.sid] = orphans
-            if user.draining:
+            if user.phase.runs:
                 user.drain_wakeup.set()
         retrying(f"announcing that a socket of {uid} left",
                  lambda: self.cluster.off(conn.sid, uid, True))
@@ -1141,11 +1150,10 @@ class Dispatcher:
         with lock:
             user = self.registry.hold(uid)
             orphans = [p.message for p in user.leaving.pop(sid, [])]
-            if user.holding and not user.draining and not user.live():
+            if not user.live():
                 # Our last tab waited for another process's drain to end: what it held
                 # back goes too.
-                user.leftover.extend(user.held)
-                user.held, user.holding, user.end = [], False, None
+                user.stop_following()
             leftover, user.leftover = user.leftover, []
             user.returning += 1
         given = orphans + leftover
@@ -1217,7 +1225,7 @@ class Dispatcher:
                 continue
             with self.registry.user_lock(user.uid):
                 late = [p for p in user.pending.values() if p.sent_at < cutoff]
-                if late and not user.draining:
+                if late and not user.phase.runs:
                     self._drop_unresponsive(user, late)
 
     def keep_in_redis(self) -> None:

@@ -13,6 +13,7 @@ import time
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from enum import Enum
 
 from .envelope import Message
 
@@ -43,15 +44,38 @@ class Pending:
     sent_at: float = field(default_factory=time.monotonic)
 
 
+class Phase(Enum):
+    """Where a user's drain stands on this process (docs/cluster.md, "A socket identifies")."""
+
+    IDLE = "idle"  # live messages go straight to the user's sockets here
+    # Our drain sends the queue, batch by batch; live messages are queued behind it.
+    DRAINING = "draining"
+    # Our drain found the queue empty and announced its end: live messages read since
+    # are held until the last queued ones (those from before the end) are sent.
+    ENDING = "ending"
+    # Another process's drain of the user is ending: live messages are held here until
+    # its last copy comes (or the drain moves here, which then sends the rest itself).
+    FOLLOWING = "following"
+
+    @property
+    def runs(self) -> bool:
+        """Our drain task is running."""
+        return self in (Phase.DRAINING, Phase.ENDING)
+
+    @property
+    def holds(self) -> bool:
+        """Live messages wait in `User.held`."""
+        return self in (Phase.ENDING, Phase.FOLLOWING)
+
+
 @dataclass(eq=False)
 class User:
     uid: str
     conns: list[Conn] = field(default_factory=list)  # oldest first: conns[0] bubbles
     # Unacknowledged messages by id, in the order they were sent.
     pending: OrderedDict[str, Pending] = field(default_factory=OrderedDict)
-    # While a drain runs, live messages for the user are queued behind it, and sockets that
-    # identify meanwhile are first sent what the drain already sent.
-    draining: bool = False
+    phase: Phase = Phase.IDLE
+    # What the running drain sent: a socket that identifies meanwhile is sent it first.
     drain_log: list[Message] = field(default_factory=list)
     # Leaving sockets whose unacknowledged messages are on their way back to the queue.
     returning: int = 0
@@ -60,15 +84,46 @@ class User:
     # only they would have got is kept, to be given back with what they held.
     leaving: dict[str, list[Pending]] = field(default_factory=dict)
     leftover: list[Message] = field(default_factory=list)
-    # The end of a drain: live messages wait here until the last queued ones are sent
-    # (by this process's drain, or as copies of another's).
-    holding: bool = False
+    # While the phase holds: live messages, until the last queued ones are sent (by this
+    # process's drain, or as copies of another's).
     held: list[Message] = field(default_factory=list)
     end: tuple[int, str] | None = None  # the drain's `ending` event, and who certifies it
 
     def live(self) -> list[Conn]:
         """The sockets that still get messages, oldest first."""
         return [c for c in self.conns if not c.closing]
+
+    # The phase's transitions (with the user's lock held).
+
+    def begin_drain(self) -> None:
+        """Our drain starts: also of a user whose drain, ending elsewhere, moved here."""
+        self.phase = Phase.ENDING if self.phase is Phase.FOLLOWING else Phase.DRAINING
+
+    def hold(self, end: tuple[int, str] | None) -> None:
+        """A drain's end: ours (the queue was empty) or another process's (`end` read)."""
+        self.phase = Phase.ENDING if self.phase.runs else Phase.FOLLOWING
+        self.end = end
+
+    def release(self) -> list[Message]:
+        """The drain's last queued messages are sent: the held ones go, live from now."""
+        held, self.held, self.end = self.held, [], None
+        self.phase = Phase.DRAINING if self.phase.runs else Phase.IDLE
+        return held
+
+    def stop_drain(self) -> None:
+        """Our drain stops (done, or its sockets here went): what it held is given back."""
+        self.drain_log = []
+        if self.phase.holds:
+            self.leftover.extend(self.held)
+            self.held, self.end = [], None
+        self.phase = Phase.IDLE
+
+    def stop_following(self) -> None:
+        """Our last socket left while it followed another's drain: what it held goes back."""
+        if self.phase is Phase.FOLLOWING:
+            self.leftover.extend(self.held)
+            self.held, self.end = [], None
+            self.phase = Phase.IDLE
 
 
 class ConnLimitError(Exception):
@@ -151,8 +206,8 @@ class Registry:
 
     @staticmethod
     def _idle(user: User) -> bool:
-        return not (user.conns or user.pending or user.draining or user.returning
-                    or user.leaving or user.leftover or user.holding)
+        return not (user.conns or user.pending or user.phase is not Phase.IDLE or user.returning
+                    or user.leaving or user.leftover)
 
     def forget_if_idle(self, user: User) -> None:
         with self._lock:

@@ -26,6 +26,9 @@ local function position(item)
   if g then return tonumber(g, 16), tonumber(n, 16), era end
   return -1, 0, nil
 end
+local function id_of(item)
+  return string.match(item, '^{"id":"([^"]*)"')
+end
 local function before(a, b)
   local ag, an, aera = position(a)
   local bg, bn, bera = position(b)
@@ -42,17 +45,21 @@ end
 # for "q" the in-flight set to take it out of (or "") and for "f" its score, and the uid.
 # Appends keep the queue in the order of the sequence even when two servers append for one
 # user at nearly the same time (the owner changing hands, say): one that arrives late is
-# put in its place, not at the end.
+# put in its place, not at the end. One whose id is there already is not added again: a
+# batch sent again after its reply was lost (Redis restarting, with the batch in its
+# append-only file) would otherwise queue it twice.
 _WRITE = _POSITION + """
 local ttl, cap, index = ARGV[1], tonumber(ARGV[2]), KEYS[#KEYS]
 local cut = {}
 local function append(key, item)
-  local at = -1
+  local at, other = -1, nil
   while true do
-    local other = redis.call('LINDEX', key, at)
+    other = redis.call('LINDEX', key, at)
     if not other or not before(item, other) then break end
     at = at - 1
   end
+  local id = id_of(item)
+  if other and id and id_of(other) == id then return redis.call('LLEN', key) end
   if at == -1 then return redis.call('RPUSH', key, item) end
   local after = redis.call('LINDEX', key, at)
   if after then return redis.call('LINSERT', key, 'AFTER', after, item) end
@@ -124,9 +131,6 @@ return 0
 # message (each kept what its own tab missed). Its copy is where it would go, its place
 # in the sequence being its id.
 _RECOMMIT = _POSITION + """
-local function id_of(item)
-  return string.match(item, '^{"id":"([^"]*)"')
-end
 local items
 if #ARGV > 2 then
   items = {}

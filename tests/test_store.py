@@ -130,3 +130,18 @@ def test_a_give_back_of_a_message_queued_already_leaves_one_copy(r):
     # Entries without an id (another program's) are never taken for one another.
     mine.recommit("u", ["plain", "plain"])
     assert r.lrange("rm:users:u:messages", 0, 1) == [b"plain", b"plain"]
+
+
+def test_a_batch_of_writes_sent_again_queues_nothing_twice(r):
+    """Redis ran the batch and went down before replying (restarted from its append-only
+    file): the listener sends the same batch again."""
+    store = Store(r, "srv1", queue_expiry=100, max_queue_length=100)
+    for _ in range(2):
+        writes = store.writes()
+        for seq in (1, 2, 3):
+            writes.append("u", env(seq, 1))
+        writes.execute()
+    assert ids(r, "u") == ["e1.1.1", "e1.2.1", "e1.3.1"]
+    store.append("u", "plain")  # entries without an id are never taken for one another
+    store.append("u", "plain")
+    assert r.lrange("rm:users:u:messages", -2, -1) == [b"plain", b"plain"]

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from itertools import count
 
 from rm_flask.cluster import LATER_REDO_WAIT, RECOVERY_WAIT, View
+from rm_flask.cluster_events import parse
+
+
+def wire(**fields) -> bytes:
+    """An event as a script publishes it (one-letter keys)."""
+    return json.dumps(fields).encode()
 
 
 class Events:
@@ -17,10 +24,10 @@ class Events:
         self.seq = count(1)
 
     def __call__(self, t: str, s: str, **fields) -> int:
-        event = {"g": next(self.seq), "t": t, "s": s, **fields}
+        event = parse(wire(g=next(self.seq), t=t, s=s, **fields))
         for view in self.views:
             view.apply(event)
-        return event["g"]
+        return event.seq
 
 
 def joined(me: str, servers: list[str]) -> View:
@@ -68,11 +75,11 @@ def test_a_drain_waits_for_its_owner_in_any_of_three_ways():
     assert not view.sealed("u", 5, "B")
     Events(view)("sealed", "B", u=["u"], w=[], e=5)
     assert view.sealed("u", 5, "B") and not view.sealed("u", 9, "B")
-    view.apply({"g": 20, "t": "ping", "s": "B", "e": 9})  # B has read up to 9
+    view.apply(parse(wire(g=20, t="ping", s="B", u=[], w=[], e=9)))  # B has read up to 9
     assert view.sealed("u", 9, "B") and not view.sealed("u", 21, "B")
-    view.apply({"g": 21, "t": "down", "s": "B"})
+    view.apply(parse(wire(g=21, t="down", s="B")))
     assert view.redoing() and not view.sealed("u", 30, "B")
-    view.apply({"g": 22, "t": "recovered", "s": "A", "u": [], "w": [], "e": "B"})
+    view.apply(parse(wire(g=22, t="recovered", s="A", u=[], w=[], e="B")))
     assert not view.redoing() and view.sealed("u", 30, "B")
 
 
@@ -114,7 +121,7 @@ def test_message_ids_are_the_same_for_every_reader_and_new_after_each_event():
     a, b = joined("A", ["A", "B"]), joined("B", ["A", "B"])
     ids = [(a.next_id(), b.next_id()) for _ in range(3)]
     assert [x for x, y in ids if x != y] == []
-    Events(a, b)("ping", "A", e=0)
+    Events(a, b)("ping", "A", u=[], w=[], e=0)
     assert a.next_id() == b.next_id() == "e1.1.1"
     assert len({x for x, _ in ids}) == 3
 
