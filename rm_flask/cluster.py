@@ -36,7 +36,6 @@ from .cluster_events import (
     Off,
     On,
     Ping,
-    Position,
     Ready,
     Recovered,
     Redone,
@@ -45,6 +44,7 @@ from .cluster_events import (
     Socket,
     Up,
 )
+from .sequence import message_id
 
 # Every event is numbered by one counter and published by the same script that changes
 # the state it announces, so that the state in Redis and the place of the event in the
@@ -189,25 +189,6 @@ for i = 1, #all, 2 do
 end
 return event({t = 'down', s = ARGV[1]})
 """
-
-
-
-def message_id(era: str, seq: int, count: int) -> str:
-    """`era.event.count` in hex: where a message stands in the sequence (store.py reads it
-    back in Lua)."""
-    return f"{era}.{seq:x}.{count:x}"
-
-
-def tail_count(server: str, n: int) -> int:
-    """A count for the `n`th message a process read after subscribing and before the next
-    event, when it does not know how many came before it in that segment: past every
-    count a segment reaches, and different for every process."""
-    return (1 << 48) | ((zlib.crc32(server.encode()) & 0xFFFFFF) << 20) | n
-
-
-def position_text(position: Position) -> str:
-    """A position as an event carries it (`ready`'s `e`)."""
-    return f"{position[0]} {position[1]}"
 
 
 

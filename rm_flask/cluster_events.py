@@ -12,15 +12,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .sequence import Position, parse_position
+
 Socket = tuple[str, str]  # (server, sid)
-# Where a message stands in the sequence: the event before it, and its count since.
-# (E, 0) is the event itself, before any message after it.
-Position = tuple[int, int]
-
-
-def parse_position(text: str | int) -> Position:
-    seq, _, count = str(text).partition(" ")
-    return int(seq), int(count or 0)
 
 
 @dataclass(frozen=True)

@@ -15,16 +15,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import redis
 
 from . import cluster_events, envelope, names
-from .cluster import Cluster, View, message_id, tail_count
+from .cluster import Cluster, View
 from .cluster_events import (
     Copy,
     Down,
@@ -33,7 +32,6 @@ from .cluster_events import (
     Off,
     On,
     Ping,
-    Position,
     Ready,
     Recovered,
     Redone,
@@ -45,79 +43,21 @@ from .cluster_events import (
 from .envelope import Message
 from .listener import SUBSCRIBED_HERE
 from .metrics import Metrics
+from .recovery import Recovery, Seen
 from .registry import Conn, Pending, Phase, Registry, User
+from .retry import retrying
+from .sequence import Incoming, Position, tail_count
 from .store import Store
 from .transport import Transport
 
 log = logging.getLogger("rm_flask")
 
-RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 LOG_RECOMMITS = 10  # recommits logged one by one per give-back; the rest as a count
 SETTLE_EVERY = 0.005  # seconds acks are gathered before one round trip clears them
-KEEP_RECENT = 30.0  # seconds of messages kept to redo the work of a server that dies
 DRAIN_RETRY = 1.0  # seconds before a drain that failed is started again
 SUSPENDED_AFTER = 8.0  # seconds without housekeeping after which we ask whether we were declared dead
 ADMIT_AT_ONCE = 8  # identifies announced to Redis at the same time, at most
 ADMIT_WITHIN = 5.0  # seconds an identify may wait for Redis before it is refused
-REDO_WAIT = 3.0  # seconds a redo waits at most for the server it is for to have caught up
-
-
-def retrying(what: str, call: Callable[[], Any], give_up_after: float | None = None) -> Any:
-    """Run a Redis call until it succeeds, backing off; past `give_up_after` seconds (if
-    given), raise its error.
-
-    Used where giving up would lose a message: the data is only in this process's memory
-    until the call lands.
-    """
-    tried = 0
-    deadline = None if give_up_after is None else time.monotonic() + give_up_after
-    while True:
-        try:
-            return call()
-        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-            tried += 1
-            if deadline is not None and time.monotonic() >= deadline:
-                raise
-            if tried == 1:
-                log.warning("Redis unavailable while %s (%s); retrying", what, exc)
-            time.sleep(RETRY_DELAYS[min(tried, len(RETRY_DELAYS)) - 1])
-
-
-
-class Incoming:
-    """A PUBLISH as read, with its place in the sequence; its envelope (and id) is made only
-    if a socket or queue here needs it: with several servers, most messages are for
-    users of another, and reading their channel is all this one does."""
-
-    __slots__ = ("channel", "data", "era", "seq", "count", "received_ms", "_message")
-
-    def __init__(self, channel: str, data: bytes, era: str, seq: int, count: int,
-                 received_ms: int | None = None) -> None:
-        self.channel = channel
-        self.data = data
-        self.era, self.seq, self.count = era, seq, count
-        self.received_ms = int(time.time() * 1000) if received_ms is None else received_ms
-        self._message: Message | None = None
-
-    def fields(self) -> tuple[Any, ...]:
-        """What `Incoming(*fields)` makes the same message of."""
-        return (self.channel, self.data, self.era, self.seq, self.count, self.received_ms)
-
-    def message(self) -> Message:
-        if self._message is None:
-            msg_id = message_id(self.era, self.seq, self.count)
-            self._message = Message(envelope.make(self.channel, self.data, self.received_ms, msg_id))
-        return self._message
-
-
-class Seen(NamedTuple):
-    """A message as read, kept `KEEP_RECENT` seconds to redo the work of a process that
-    dies or misses it: for which user, and whose work it was (`Route.duty`)."""
-
-    at: float  # time.monotonic()
-    uid: str
-    duty: str | None
-    message: tuple[Any, ...]  # Incoming(*message) makes it again
 
 
 @dataclass(frozen=True)
@@ -167,16 +107,7 @@ class Dispatcher:
         # Where our window began (see `View.rejoined`): the last message we had read
         # before losing the subscription, or our `up`. Our `ready` says it.
         self.window_from: Position = (0, 0)
-        # (time, uid, who had to deliver or queue it, and the message's fields), for
-        # `recover`. Plain values only: the collector skips such tuples, and there are
-        # many of them.
-        self.recent: deque[Seen] = deque()
-        # The last own ping before which every message read is in Redis or delivered.
-        self.checkpoint = 0
-        # A `down` we published and whose event our listener has not read yet, and the
-        # other way round (which comes first is a race): event number -> dead server.
-        self._won: dict[int, str] = {}
-        self._read_downs: dict[int, str] = {}
+        self.recovery = Recovery(self.me, store, cluster, self.view, metrics, spawn)
         # What each kind of cluster event does here, after the view has taken it in
         # (docs/cluster.md names the scripts that publish each).
         self._handlers: dict[type[Event], Callable[[Any, dict[str, str | None]], None]] = {
@@ -362,7 +293,7 @@ class Dispatcher:
         view, me = self.view, self.me
         # With other servers, remember what each message was whose to handle, to redo it
         # should they die; and look only at what is ours.
-        recent = self.recent if len(view.servers) > 1 else None
+        recent = self.recovery.recent if len(view.servers) > 1 else None
         now = time.monotonic()
         ours: list[tuple[str, Incoming, list[Socket] | None]] = []
         route, sockets = view.route, view.sockets
@@ -599,9 +530,7 @@ class Dispatcher:
                     "sockets and what it has in flight again")
         snapshot = self.on_new_era()
         self.view.new_era(first, snapshot[1].decode())
-        self.checkpoint = 0
-        self._won.clear()
-        self._read_downs.clear()
+        self.recovery.new_era()
         writes = self.store.writes(from_listener=True)
         for user in list(self.registry.users.values()):
             with self.registry.user_lock(user.uid):
@@ -645,18 +574,9 @@ class Dispatcher:
             return
         self.on_pong()
         # Everything read before our ping is delivered or in Redis, unless held here.
-        # Written at once: the older a dead server's checkpoint, the more a survivor
-        # sends again.
         if not any(u.held or u.leftover for u in list(self.registry.users.values())):
-            self.checkpoint = event.seq
-            try:
-                self.store.write_checkpoint(self.me, self.checkpoint)
-            except redis.RedisError:
-                pass  # the next ping writes it
-        cutoff = time.monotonic() - KEEP_RECENT
-        recent = self.recent
-        while recent and recent[0].at < cutoff:
-            recent.popleft()
+            self.recovery.passed(event.seq)
+        self.recovery.trim()
 
     def _on_up(self, event: Up, _: Any) -> None:
         server = event.server
@@ -716,20 +636,7 @@ class Dispatcher:
             return
         log.warning("Server %s is gone; %d left on this Redis", dead, len(self.view.servers))
         self._moved(homes)
-        if self._won.pop(event.seq, None) == dead:
-            self.spawn(self.recover, dead, event.seq)
-        else:
-            self._read_downs[event.seq] = dead
-            while len(self._read_downs) > 100:
-                del self._read_downs[next(iter(self._read_downs))]
-
-    def won(self, dead: str, down_at: int) -> None:
-        """Our `down` script declared `dead` dead, at event `down_at`: redo its work once
-        our listener has read up to that event (and so holds every message before it)."""
-        if self._read_downs.pop(down_at, None) == dead:
-            self.spawn(self.recover, dead, down_at)
-        else:
-            self._won[down_at] = dead
+        self.recovery.read_down(dead, event.seq)
 
     def _moved(self, homes: dict[str, str | None]) -> None:
         """Users whose oldest socket changed server mid-drain: the new home drains on
@@ -804,7 +711,7 @@ class Dispatcher:
             self.spawn(retrying, "saying how far we read",
                        partial(self.cluster.mark, "ping", ref=event.seq))
         elif len(self.view.servers) > 1:
-            self.spawn(self.redo_gap, server, event.since, event.seq)
+            self.spawn(self.recovery.redo_gap, server, event.since, event.seq)
         for uid in event.started:
             self._began(uid, event.seq)
 
@@ -814,15 +721,8 @@ class Dispatcher:
             self._began(uid, event.seq)
 
     def _on_recovered(self, event: Recovered, _: Any) -> None:
-        """The winner redid a dead server's work from its copy of the sequence, which
-        starts when the winner started: one that started after the dead server's last
-        checkpoint (the dead server restarted, say) holds only part of its window. We
-        redo it from ours too; each id goes into a queue once."""
-        dead = event.dead
-        down_at = next((g for g, server in self._read_downs.items() if server == dead), 0)
-        if down_at and event.server != self.me:
-            del self._read_downs[down_at]
-            self.spawn(self._redo_for_dead, dead, down_at)
+        """The winner redid a dead server's work: we redo it from our copy too."""
+        self.recovery.read_recovered(event.dead, event.server)
         self._wake_drains([u.uid for u in list(self.registry.users.values()) if u.phase.runs])
         for uid in event.started:
             self._began(uid, event.seq)
@@ -1246,83 +1146,3 @@ class Dispatcher:
                     retrying(f"queueing what {user.uid} was owed", writes.execute, give_up_after=5)
                 except redis.RedisError as exc:
                     log.error("%s: could not queue %d messages before stopping: %s", user.uid, len(kept), exc)
-
-    ### A server that died ###
-
-    def redo_gap(self, server: str, since: Position, until: int) -> None:
-        """`server` received no messages after `since` until event `until` (a lost
-        subscription, or joining): queue, in their places, the messages it was to
-        deliver or queue meanwhile (from our own copy of the sequence); its users'
-        queues drain once this is announced."""
-        # Its own writes for the window first (it was slow to make them, say, retrying
-        # on a connection that broke): each id is merged only where it is not queued yet.
-        deadline = time.monotonic() + REDO_WAIT
-        while self.view.caught_up.get(server, 0) < until and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self._redo(server, since, until, "received no messages for a while")
-
-    def _redo_for_dead(self, dead: str, down_at: int) -> None:
-        try:
-            since = self.store.checkpoint(dead)
-        except redis.RedisError:
-            since = 0  # from the start of what we kept: each id is merged once anyway
-        self._redo(dead, (since, 0), down_at, "is gone")
-
-    def _redo(self, server: str, since: Position, until: int, why: str) -> None:
-        """Merge what `server` was to do between `since` and event `until` into the
-        queues, and announce it: the users given something drain (again)."""
-        try:
-            era = self.view.era
-            owed = self._owed_by(server, since, until, era)
-            added = {uid: retrying(f"redoing for {uid}", partial(self.store.merge, uid, era, stored))
-                     for uid, stored in owed.items()}
-            uids = sorted(uid for uid, n in added.items() if n)
-            if uids:
-                log.warning("Server %s %s; %d of the messages it was to handle queued again for "
-                            "%d users", server, why, sum(added.values()), len(uids))
-        except Exception:
-            log.exception("Could not redo what server %s missed", server)
-            uids = []
-        # Its users drain once this is read (they began at its `ready`); those given
-        # something by a later redo than the first drain again.
-        retrying(f"announcing the redo for {server}",
-                 lambda: self.cluster.mark("redone", uids, drain="start", ref=server))
-
-    def _owed_by(self, server: str, since: Position, until: int, era: str) -> dict[str, list[str]]:
-        """From our copy of the sequence: the messages only `server` was to deliver or
-        queue, after `since` (the last one it handled; (0, 0): from the start of what
-        we kept) and before event `until`."""
-        owed: dict[str, list[str]] = {}
-        for seen in list(self.recent):
-            if seen.duty != server:
-                continue
-            uid, incoming = seen.uid, Incoming(*seen.message)
-            if incoming.era == era:
-                if not (since < (incoming.seq, incoming.count) and incoming.seq < until):
-                    continue
-            elif since[0]:
-                continue  # it had handled everything of the era before its checkpoint's
-            owed.setdefault(uid, []).append(incoming.message().stored)
-        return owed
-
-    def recover(self, dead: str, down_at: int) -> None:
-        """Redo what `dead` had not finished: give back its in-flight messages, and queue
-        the messages it was to deliver or queue since its last checkpoint, from our own
-        copy of the sequence, each in its place."""
-        try:
-            since = (self.store.checkpoint(dead), 0)  # everything before that ping
-            owed = self._owed_by(dead, since, down_at, self.view.era)
-            uids = sorted(set(owed) | self.store.inflight_users(dead))
-            given = 0
-            for uid in uids:
-                given += retrying(f"recovering for {uid}",
-                                  partial(self.store.recover, dead, uid, self.view.era, owed.get(uid, [])))
-            self.store.forget_dead(dead)
-            self.metrics.recommitted.inc(given)
-            log.warning("Server %s is gone; gave %d messages (%d of them read since its last "
-                        "checkpoint) back to %d queues", dead, given, sum(map(len, owed.values())), len(uids))
-        except Exception:
-            log.exception("Could not redo the work of dead server %s", dead)
-            uids = []
-        retrying(f"announcing the recovery of {dead}",
-                 lambda: self.cluster.mark("recovered", uids, drain="start", ref=dead))

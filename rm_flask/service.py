@@ -16,13 +16,15 @@ from flask_socketio import SocketIO
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import cluster, names
+from . import names
 from .cluster import Cluster
 from .config import Config
-from .dispatcher import ADMIT_AT_ONCE, Dispatcher, retrying
+from .dispatcher import ADMIT_AT_ONCE, Dispatcher
 from .listener import Listener
 from .metrics import Metrics
 from .registry import Registry
+from .retry import retrying
+from .sequence import position_text
 from .store import Store
 from .transport import SocketTransport
 
@@ -199,7 +201,7 @@ class Service:
         others must redo what was ours (see `View.rejoined`)."""
         retrying("announcing this server ready", lambda: self.cluster.mark(
             "ready", self.dispatcher.view.ready_users(self.server_id), drain="start",
-            ref=cluster.position_text(self.dispatcher.window_from)))
+            ref=position_text(self.dispatcher.window_from)))
         self._synced.set()
 
     def _heartbeat(self) -> None:
@@ -249,9 +251,9 @@ class Service:
                     continue
                 seq = self.cluster.down(other)
                 if seq and now:
-                    self.dispatcher.recover(other, seq)  # not listening yet: nothing read to add
+                    self.dispatcher.recovery.recover(other, seq)  # not listening yet: nothing read to add
                 elif seq:
-                    self.dispatcher.won(other, seq)
+                    self.dispatcher.recovery.won(other, seq)
         except redis.RedisError as exc:
             log.warning("Could not check for dead servers: %s", exc)
 

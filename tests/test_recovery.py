@@ -43,3 +43,4 @@ def test_ack_client_vanishing_mid_drain_loses_nothing(make_server, clients, prox
     summary(**comes_back_for_the_990(server, clients, r, uid, expected, stalling, "vanished mid-drain"),
             given_back_after_s=round(noticed, 2))
 
+

@@ -1,0 +1,67 @@
+"""Where a message stands in the sequence every process reads, and the id that says so.
+
+All processes read the same PUBLISHes and cluster events in the same order. A message's
+place is the event before it and its count since: `era.event.count` in hex is its id, the
+same in every process that read it (`store.py` reads positions back from ids in Lua).
+The era changes when Redis loses its data and event numbers start again.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from typing import Any
+
+from . import envelope
+from .envelope import Message
+
+# The event before a message, and its count since. (E, 0) is the event itself, before any
+# message after it.
+Position = tuple[int, int]
+
+
+def message_id(era: str, seq: int, count: int) -> str:
+    return f"{era}.{seq:x}.{count:x}"
+
+
+def tail_count(server: str, n: int) -> int:
+    """A count for the `n`th message a process read after subscribing and before the next
+    event, when it does not know how many came before it in that segment: past every
+    count a segment reaches, and different for every process."""
+    return (1 << 48) | ((zlib.crc32(server.encode()) & 0xFFFFFF) << 20) | n
+
+
+def position_text(position: Position) -> str:
+    """A position as an event carries it (`ready`'s `e`)."""
+    return f"{position[0]} {position[1]}"
+
+
+def parse_position(text: str | int) -> Position:
+    seq, _, count = str(text).partition(" ")
+    return int(seq), int(count or 0)
+
+
+class Incoming:
+    """A PUBLISH as read, with its place in the sequence; its envelope (and id) is made only
+    if a socket or queue here needs it: with several servers, most messages are for
+    users of another, and reading their channel is all this one does."""
+
+    __slots__ = ("channel", "data", "era", "seq", "count", "received_ms", "_message")
+
+    def __init__(self, channel: str, data: bytes, era: str, seq: int, count: int,
+                 received_ms: int | None = None) -> None:
+        self.channel = channel
+        self.data = data
+        self.era, self.seq, self.count = era, seq, count
+        self.received_ms = int(time.time() * 1000) if received_ms is None else received_ms
+        self._message: Message | None = None
+
+    def fields(self) -> tuple[Any, ...]:
+        """What `Incoming(*fields)` makes the same message of."""
+        return (self.channel, self.data, self.era, self.seq, self.count, self.received_ms)
+
+    def message(self) -> Message:
+        if self._message is None:
+            msg_id = message_id(self.era, self.seq, self.count)
+            self._message = Message(envelope.make(self.channel, self.data, self.received_ms, msg_id))
+        return self._message
