@@ -23,6 +23,7 @@ from typing import Any
 import redis
 
 from . import cluster_events, envelope, names
+from .acks import Settler
 from .cluster import Cluster, View
 from .cluster_events import (
     Copy,
@@ -53,7 +54,6 @@ from .transport import Transport
 log = logging.getLogger("rm_flask")
 
 LOG_RECOMMITS = 10  # recommits logged one by one per give-back; the rest as a count
-SETTLE_EVERY = 0.005  # seconds acks are gathered before one round trip clears them
 DRAIN_RETRY = 1.0  # seconds before a drain that failed is started again
 SUSPENDED_AFTER = 8.0  # seconds without housekeeping after which we ask whether we were declared dead
 ADMIT_AT_ONCE = 8  # identifies announced to Redis at the same time, at most
@@ -97,9 +97,7 @@ class Dispatcher:
         self.drain_batch = drain_batch
         self.ack_timeout = ack_timeout
         self.max_payload = max_payload
-        self._to_settle: dict[str, list[str]] = {}
-        self._settle_lock = threading.Lock()
-        self._settle_wakeup = threading.Event()
+        self.settler = Settler(store)
         # What our `up` returned, until its event comes through the subscription.
         self._joining: Joining | None = None
         self.on_synced: Callable[[], None] = lambda: None
@@ -402,7 +400,7 @@ class Dispatcher:
                 # process made (its own timestamp: given back by that process, then
                 # drained here). Both are in flight; the new record is enough, and an ack
                 # of either copy finds only the new one.
-                self._settle(user.uid, [earlier.message.stored])
+                self.settler.settle(user.uid, [earlier.message.stored])
             user.pending[msg.id] = Pending(msg, {c.sid for c in conns})
         if log.isEnabledFor(logging.INFO):
             log.info("%s: Sending message '%s' from %s",
@@ -445,7 +443,7 @@ class Dispatcher:
         """A socket acknowledged a message: it is delivered, for every socket of the user.
 
         Takes no user lock: this runs for every message, and the only state it changes
-        is one `pop`, which is atomic; everything else is deferred (`_settle`). Waiting
+        is one `pop`, which is atomic; everything else is deferred (`Settler`). Waiting
         here for the listener's round trip to Redis would stall every socket's acks.
         """
         user = self.registry.user(uid)
@@ -453,45 +451,11 @@ class Dispatcher:
         if pending is None:
             return  # already acknowledged by another tab, or given back already
         self.metrics.delivered.inc()
-        self._settle(uid, [pending.message.stored])
+        self.settler.settle(uid, [pending.message.stored])
         if user.phase.runs:
             user.drain_wakeup.set()
         if not user.conns:
             self.registry.forget_if_idle(user)
-
-    def _settle(self, uid: str, stored: list[str]) -> None:
-        """Forget delivered messages in Redis, in batches from `settle_loop`.
-
-        A delivered message left in flight can only cause a duplicate, never a loss, so
-        there is no need to wait for Redis here, on the path of every ack.
-        """
-        with self._settle_lock:
-            self._to_settle.setdefault(uid, []).extend(stored)
-        if not self._settle_wakeup.is_set():
-            self._settle_wakeup.set()
-
-    def settle_loop(self, stopped: threading.Event) -> None:
-        while not stopped.is_set():
-            self._settle_wakeup.wait(1.0)
-            self._settle_wakeup.clear()
-            time.sleep(SETTLE_EVERY)  # let a few more acks join the batch
-            with self._settle_lock:
-                batch, self._to_settle = self._to_settle, {}
-            if not batch:
-                continue
-            try:
-                self.store.settle_many(batch)
-            except redis.RedisError as exc:
-                log.warning("Could not clear %d delivered messages from in-flight yet: %s",
-                            sum(map(len, batch.values())), exc)
-                with self._settle_lock:
-                    for uid, members in batch.items():
-                        self._to_settle.setdefault(uid, []).extend(members)
-                stopped.wait(1.0)
-                self._settle_wakeup.set()
-
-    def wake_settler(self) -> None:
-        self._settle_wakeup.set()
 
     ### The cluster's events ###
 
@@ -785,7 +749,7 @@ class Dispatcher:
             for pending in list(user.pending.values()):
                 if conn.sid in pending.waiting and user.pending.pop(pending.message.id, None):
                     self.metrics.delivered.inc()
-                    self._settle(uid, [pending.message.stored])
+                    self.settler.settle(uid, [pending.message.stored])
 
     def _replay(self, user: User, conn: Conn) -> None:
         """Bring a socket that joins an online user up to date, in order.
@@ -804,7 +768,7 @@ class Dispatcher:
                 else:
                     del user.pending[msg.id]
                     self.metrics.delivered.inc()
-                    self._settle(user.uid, [msg.stored])
+                    self.settler.settle(user.uid, [msg.stored])
             self._write(user, conn, msg, conn.sid == bubble)
 
     def _start_drain(self, uid: str) -> None:
@@ -985,7 +949,7 @@ class Dispatcher:
             # Whatever was not handed to a socket (also after an error) goes back.
             undelivered += batch[done:]
             if delivered:
-                self._settle(user.uid, delivered)
+                self.settler.settle(user.uid, delivered)
             if undelivered:
                 # Still the head of the queue: back where they came from, in order.
                 self.recommit(user.uid, undelivered)

@@ -160,14 +160,14 @@ class Service:
         gc.set_threshold(10_000, 50, 100)
         self.socketio.start_background_task(self.listener.run)
         self.socketio.start_background_task(self._housekeeping)
-        self.socketio.start_background_task(self.dispatcher.settle_loop, self._stopped)
+        self.socketio.start_background_task(self.dispatcher.settler.run, self._stopped)
         log.info("RedMessenger %s listening to %s on Redis", self.server_id, names.PATTERN)
 
     def stop(self) -> None:
         """Stop listening without losing what was read: the subscription ends first, then
         what only memory holds goes to Redis. Sockets are left to close with the process."""
         self._stopped.set()
-        self.dispatcher.wake_settler()
+        self.dispatcher.settler.wake()
         self.listener.stop()
         if self._started:
             self.dispatcher.keep_in_redis()
