@@ -60,6 +60,22 @@ ADMIT_AT_ONCE = 8  # identifies announced to Redis at the same time, at most
 ADMIT_WITHIN = 5.0  # seconds an identify may wait for Redis before it is refused
 
 
+def _nothing() -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What the dispatcher asks of the process it runs in (`Service`)."""
+
+    synced: Callable[[], None] = _nothing  # our view is loaded: subscribe to the apps' channels
+    pong: Callable[[], None] = _nothing  # our own ping came back through the subscription
+    declared_dead: Callable[[], None] = _nothing  # the others declared us dead: rejoin
+    # Redis lost its data: announce this process again; returns what `Cluster.up` does.
+    new_era: Callable[[], list[Any]] = list
+    suspect: Callable[[], None] = _nothing  # a server may be dead: look for it now
+
+
 @dataclass(frozen=True)
 class Joining:
     """What our `up` script returned: the cluster as of its event."""
@@ -85,7 +101,9 @@ class Dispatcher:
         drain_batch: int = 100,
         ack_timeout: float = 30,
         max_payload: int = 1024 * 1024,
+        hooks: Hooks = Hooks(),
     ) -> None:
+        self.hooks = hooks
         self.store = store
         self.spawn = spawn
         self.registry = registry
@@ -100,7 +118,6 @@ class Dispatcher:
         self.settler = Settler(store)
         # What our `up` returned, until its event comes through the subscription.
         self._joining: Joining | None = None
-        self.on_synced: Callable[[], None] = lambda: None
         self._admitting = threading.BoundedSemaphore(ADMIT_AT_ONCE)
         # Where our window began (see `View.rejoined`): the last message we had read
         # before losing the subscription, or our `up`. Our `ready` says it.
@@ -114,9 +131,6 @@ class Dispatcher:
             Sealed: self._on_sealed, Returned: self._on_returned, Ready: self._on_ready,
             Redone: self._on_redone, Recovered: self._on_recovered,
         }
-        self.on_pong: Callable[[], None] = lambda: None
-        self.on_declared_dead: Callable[[], None] = lambda: None
-        self.on_new_era: Callable[[], list[Any]] = lambda: []
         # server -> when we last read an event it published: a live server pings each
         # second, so silence is evidence of death that survives Redis losing its data.
         self.heard: dict[str, float] = {}
@@ -126,7 +140,6 @@ class Dispatcher:
         # we read is ours (`_given_up`).
         self.alive_at = time.monotonic()
         self._given_up = False
-        self.on_suspect: Callable[[], None] = lambda: None
         # Just subscribed to the apps' channels: the messages read until the next event
         # are the tail of its segment, after some we missed; how many, we cannot know.
         self._tail = False
@@ -472,7 +485,7 @@ class Dispatcher:
                 log.info("Joined %d server(s) on this Redis: %s", len(view.servers), ", ".join(view.servers))
                 self.synced_at = time.monotonic()
                 self._loaded()
-                self.on_synced()
+                self.hooks.synced()
             return  # events before our `up` are in the state it returned
         if event.seq <= view.seq:
             self._new_era(event.seq)
@@ -492,7 +505,7 @@ class Dispatcher:
         by every process alike, with ids of the new era."""
         log.warning("Redis lost the cluster's state; a new era: announcing this server, its "
                     "sockets and what it has in flight again")
-        snapshot = self.on_new_era()
+        snapshot = self.hooks.new_era()
         self.view.new_era(first, snapshot[1].decode())
         self.recovery.new_era()
         writes = self.store.writes(from_listener=True)
@@ -536,7 +549,7 @@ class Dispatcher:
     def _on_ping(self, event: Ping, _: Any) -> None:
         if event.server != self.me:
             return
-        self.on_pong()
+        self.hooks.pong()
         # Everything read before our ping is delivered or in Redis, unless held here.
         if not any(u.held or u.leftover for u in list(self.registry.users.values())):
             self.recovery.passed(event.seq)
@@ -596,7 +609,7 @@ class Dispatcher:
         if dead == self.me:
             log.error("Other servers declared this one dead (its heartbeat lapsed); rejoining")
             self._given_up = False
-            self.on_declared_dead()
+            self.hooks.declared_dead()
             return
         log.warning("Server %s is gone; %d left on this Redis", dead, len(self.view.servers))
         self._moved(homes)
@@ -723,7 +736,7 @@ class Dispatcher:
                 # its server died. Have the death announced first, if Redis shows it
                 # already, so that this socket drains what the dead server held before
                 # anything newer, rather than after.
-                self.on_suspect()
+                self.hooks.suspect()
             try:
                 retrying(f"announcing a socket of {uid}",
                          lambda: self.cluster.on(conn.sid, uid, self.registry.user_conn_limit),

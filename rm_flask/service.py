@@ -19,7 +19,7 @@ from redis.retry import Retry
 from . import names
 from .cluster import Cluster
 from .config import Config
-from .dispatcher import ADMIT_AT_ONCE, Dispatcher
+from .dispatcher import ADMIT_AT_ONCE, Dispatcher, Hooks
 from .listener import Listener
 from .metrics import Metrics
 from .registry import Registry
@@ -85,19 +85,22 @@ class Service:
             spawn=socketio.start_background_task, cluster=self.cluster,
             drain_batch=config.drain_batch, ack_timeout=config.ack_timeout,
             max_payload=config.max_payload,
+            hooks=Hooks(
+                # The listener is made below, and needs the dispatcher: looked up when called.
+                synced=lambda: self.listener.listen_to_messages(),
+                pong=lambda: self.listener.pong(),
+                # The survivor that declared us dead redid our work: we rejoin with no gap to redo.
+                declared_dead=lambda: self._join(gap=False),
+                new_era=partial(self._announce, rejoin=False),
+                suspect=lambda: self._reap_soon(),
+            ),
         )
         self.listener = Listener(
             self.pubsub_redis, self.dispatcher.route_batch, on_subscribed=self._join,
             on_reconnect=self.metrics.redis_reconnects.inc, on_listening=self._ready,
         )
-        self.dispatcher.on_pong = self.listener.pong
-        # The survivor that declared us dead redid our work: we rejoin with no gap to redo.
-        self.dispatcher.on_declared_dead = lambda: self._join(gap=False)
-        self.dispatcher.on_new_era = partial(self._announce, rejoin=False)
-        self.dispatcher.on_suspect = self._reap_soon
         # Set when the view is loaded after a (re)join: identifies held meanwhile go on.
         self._synced = threading.Event()
-        self.dispatcher.on_synced = self.listener.listen_to_messages
         self._last_reap = 0.0
         self._about = f"{socket.gethostname()} {os.getpid()}"  # what a heartbeat says
         # Whether Redis answered the last heartbeat (each second). The listener may still
