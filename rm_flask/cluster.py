@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 import redis
 
-from . import names
+from . import lua, names
 from .cluster_events import (
     Down,
     Ending,
@@ -46,151 +46,14 @@ from .cluster_events import (
 )
 from .sequence import message_id
 
-# Every event is numbered by one counter and published by the same script that changes
-# the state it announces, so that the state in Redis and the place of the event in the
-# sequence can never disagree (a process that joins reads the one and follows the other).
-
-_HEAD = """
-local function event(fields)
-  fields.g = redis.call('INCR', KEYS[1])
-  redis.call('PUBLISH', KEYS[2], cjson.encode(fields))
-  return fields.g
-end
-"""
-
-# A process joins (or rejoins after losing its subscription) and reads the state as of its
-# `up` event, which it then follows. Our own identified sockets are put back if Redis lost
-# them (a restart without persistence, FLUSHALL), and named in the event, so that a
-# process that loaded its view before they were back learns them. The heartbeat is
-# written here too, so that the process is never in `rm:servers` without one, and a
-# tombstone of an earlier false death is cleared. The process subscribes to the apps'
-# channels only once it has read this event, and then publishes `ready` (see View).
-# KEYS: seq, channel, servers, sockets, draining, era, user-sockets prefix, heartbeat,
-# tombstone. ARGV: server, era candidate, heartbeat text, heartbeat TTL, 1 if the process
-# was not subscribed (it joins, or lost its subscription: it publishes `ready` once it
-# receives messages again) or 0 (still subscribed, after FLUSHALL: nothing was missed),
-# then sid, uid pairs.
-_UP = _HEAD + """
-redis.call('SET', KEYS[8], ARGV[3], 'EX', ARGV[4])
-redis.call('DEL', KEYS[9])
-redis.call('SADD', KEYS[3], ARGV[1])
-redis.call('SET', KEYS[6], ARGV[2], 'NX')
-local back, started = {}, {}
-local rejoin = ARGV[5] == '1'
-for i = 6, #ARGV, 2 do
-  local member, users = ARGV[1] .. ' ' .. ARGV[i], KEYS[7] .. ARGV[i + 1]
-  if redis.call('HEXISTS', KEYS[4], member) == 0 then
-    if rejoin and redis.call('ZCARD', users) == 0 then started[#started + 1] = ARGV[i + 1] end
-    local g = redis.call('INCR', KEYS[1])
-    redis.call('HSET', KEYS[4], member, g .. ' ' .. ARGV[i + 1])
-    redis.call('ZADD', users, g, member)
-    back[#back + 1] = ARGV[i] .. ' ' .. ARGV[i + 1]
-  end
-end
--- A user whose sockets are back after being nowhere drains: others may have queued for
--- them meanwhile (an owner that came back first decided them offline). Still subscribed,
--- every process kept deciding with the same view all along, and nobody did.
-local g = redis.call('INCR', KEYS[1])
-for _, uid in ipairs(started) do redis.call('HSET', KEYS[5], uid, g) end
-redis.call('PUBLISH', KEYS[2], cjson.encode({g = g, t = 'up', s = ARGV[1], k = back, w = started,
-  r = rejoin and 1 or 0}))
-return {g, redis.call('GET', KEYS[6]), redis.call('SMEMBERS', KEYS[3]),
-        redis.call('HGETALL', KEYS[4]), redis.call('HGETALL', KEYS[5])}
-"""
-
-# A socket identified. Atomic with the count of the user's sockets on every process, so
-# that two tabs identifying on two processes at once cannot both slip under the limit,
-# and both cannot both think they are first (and both drain).
-# KEYS: seq, channel, sockets, the user's sockets, draining. ARGV: server, sid, uid, limit.
-_ON = _HEAD + """
-local member = ARGV[1] .. ' ' .. ARGV[2]
-local first = redis.call('ZCARD', KEYS[4]) == 0
-local g = redis.call('INCR', KEYS[1])
-redis.call('ZADD', KEYS[4], g, member)
-redis.call('HSET', KEYS[3], member, g .. ' ' .. ARGV[3])
-local evicted = {}
-while redis.call('ZCARD', KEYS[4]) > tonumber(ARGV[4]) do
-  local old = redis.call('ZPOPMIN', KEYS[4])[1]
-  redis.call('HDEL', KEYS[3], old)
-  evicted[#evicted + 1] = old
-end
-if first then redis.call('HSET', KEYS[5], ARGV[3], g) end
-redis.call('PUBLISH', KEYS[2], cjson.encode({g = g, t = 'on', s = ARGV[1], c = ARGV[2],
-  u = ARGV[3], x = evicted, d = first and 1 or 0}))
-return g
-"""
-
-# A socket left. ARGV: server, sid, uid, 1 if the server will give messages back.
-_OFF = _HEAD + """
-local member = ARGV[1] .. ' ' .. ARGV[2]
-redis.call('ZREM', KEYS[4], member)
-redis.call('HDEL', KEYS[3], member)
-if redis.call('ZCARD', KEYS[4]) == 0 then redis.call('HDEL', KEYS[5], ARGV[3]) end
-return event({t = 'off', s = ARGV[1], c = ARGV[2], u = ARGV[3], r = tonumber(ARGV[4])})
-"""
-
-# Every other event. Those that start or end drains change `draining` in the same step.
-# KEYS: seq, channel, draining, then the users' socket sets. ARGV: kind, server, 'start' /
-# 'end' / '', a number the event refers to, then one uid per user key.
-_MARK = _HEAD + """
-local started = {}
-for i = 4, #KEYS do
-  local uid = ARGV[i + 1]
-  if ARGV[3] == 'end' then
-    redis.call('HDEL', KEYS[3], uid)
-  elseif ARGV[3] == 'start' and redis.call('ZCARD', KEYS[i]) > 0
-      and redis.call('HEXISTS', KEYS[3], uid) == 0 then
-    started[#started + 1] = uid
-  end
-end
-local g = redis.call('INCR', KEYS[1])
-for _, uid in ipairs(started) do redis.call('HSET', KEYS[3], uid, g) end
-local users = {}
-for i = 4, #KEYS do users[#users + 1] = ARGV[i + 1] end
--- `e` as text: a server id of digits would otherwise become a number (cluster_events.parse
--- reads it as the kind says).
-redis.call('PUBLISH', KEYS[2], cjson.encode({g = g, t = ARGV[1], s = ARGV[2],
-  e = ARGV[4], u = users, w = started}))
-return g
-"""
-
-# A batch a drain sent, for the user's sockets on other processes (SPEC §5.4: each socket
-# gets each queued message); `f`: the drain is over, the live messages they held back go
-# now. An event, so that each process sends it in its place among the user's messages.
-# KEYS: seq, channel. ARGV: server, uid, 1 if over, the one socket it is for (a "server
-# sid" that joined mid-drain) or "" for all, then the envelopes.
-_COPY = _HEAD + """
-local batch = {}
-for i = 5, #ARGV do batch[#batch + 1] = ARGV[i] end
-return event({t = 'copy', s = ARGV[1], u = {ARGV[2]}, f = tonumber(ARGV[3]), c = ARGV[4],
-  m = batch})
-"""
-
-# A process is dead: forget its sockets. Only the first survivor to run this wins (and
-# recovers for it); the others get 0. The winner is the one that sets the tombstone, not
-# the one that takes the process out of `rm:servers`: after Redis lost its data a dead
-# process may be in no set at all, only in the survivors' views. The tombstone lasts an
-# hour, long past any recovery; a false death is cleared by the process's next `up`.
-# KEYS: seq, channel, servers, sockets, draining, tombstone. ARGV: dead server,
-# user-sockets prefix.
-_DOWN = _HEAD + """
-if not redis.call('SET', KEYS[6], '1', 'NX', 'EX', 3600) then return 0 end
-redis.call('SREM', KEYS[3], ARGV[1])
-local all = redis.call('HGETALL', KEYS[4])
-local prefix = ARGV[1] .. ' '
-for i = 1, #all, 2 do
-  if string.sub(all[i], 1, #prefix) == prefix then
-    local uid = string.match(all[i + 1], '^%d+ (.*)$')
-    redis.call('HDEL', KEYS[4], all[i])
-    local users = ARGV[2] .. uid
-    redis.call('ZREM', users, all[i])
-    if redis.call('ZCARD', users) == 0 then redis.call('HDEL', KEYS[5], uid) end
-  end
-end
-return event({t = 'down', s = ARGV[1]})
-"""
-
-
+# The scripts that change presence and publish it as an event (rm_flask/lua/; event.lua
+# numbers each event in the same step as the change it announces).
+_UP = lua.script("up")
+_ON = lua.script("on", after="event")
+_OFF = lua.script("off", after="event")
+_MARK = lua.script("mark", after="event")
+_COPY = lua.script("copy", after="event")
+_DOWN = lua.script("down", after="event")
 
 RECOVERY_WAIT = 10.0  # seconds drains wait at most for a dead server's work to be redone
 LATER_REDO_WAIT = 1.0  # seconds drains wait for the other redos of a window once one is in

@@ -80,8 +80,11 @@ def test_the_wheel_carries_the_pages_and_the_npm_files(installed):
     for path in ("rm_flask/templates/index.html", "rm_flask/templates/admin.html",
                  "rm_flask/static/redmessenger.js", "rm_flask/static/admin.js",
                  "rm_flask/vendor/socket.io.min.js", "rm_flask/vendor/uPlot.iife.min.js",
-                 "rm_flask/vendor/uPlot.min.css"):
+                 "rm_flask/vendor/uPlot.min.css", "rm_flask/lua/claim.lua", "rm_flask/lua/up.lua"):
         assert path in names, path
+    # Every script the code loads (a missing one would fail at import, on the user's machine).
+    lua = {p.name for p in (Path(__file__).parents[1] / "rm_flask" / "lua").glob("*.lua")}
+    assert {f"rm_flask/lua/{n}" for n in lua} <= names
     bundled = zipfile.ZipFile(installed["wheel"]).read("rm_flask/vendor/socket.io.min.js")
     assert bundled == BUNDLE.read_bytes()
 

@@ -1,0 +1,17 @@
+-- Shared by the queue's scripts: where a stored envelope stands in the sequence of
+-- messages all servers read. Its id is "$era.$event.$count" (hex, see
+-- sequence.message_id). The era changes when Redis loses its data (event numbers start
+-- again); positions compare within one era only.
+local function position(item)
+  local era, g, n = string.match(item, '^{"id":"([^".]*)%.(%x+)%.(%x+)"')
+  if g then return tonumber(g, 16), tonumber(n, 16), era end
+  return -1, 0, nil
+end
+local function id_of(item)
+  return string.match(item, '^{"id":"([^"]*)"')
+end
+local function before(a, b)
+  local ag, an, aera = position(a)
+  local bg, bn, bera = position(b)
+  return aera ~= nil and aera == bera and (ag < bg or (ag == bg and an < bn))
+end
