@@ -41,6 +41,7 @@ from .cluster_events import (
     Socket,
     Up,
 )
+from .drain import Drains
 from .envelope import Message
 from .listener import SUBSCRIBED_HERE
 from .metrics import Metrics
@@ -54,7 +55,6 @@ from .transport import Transport
 log = logging.getLogger("rm_flask")
 
 LOG_RECOMMITS = 10  # recommits logged one by one per give-back; the rest as a count
-DRAIN_RETRY = 1.0  # seconds before a drain that failed is started again
 SUSPENDED_AFTER = 8.0  # seconds without housekeeping after which we ask whether we were declared dead
 ADMIT_AT_ONCE = 8  # identifies announced to Redis at the same time, at most
 ADMIT_WITHIN = 5.0  # seconds an identify may wait for Redis before it is refused
@@ -112,7 +112,6 @@ class Dispatcher:
         self.cluster = cluster
         self.me = cluster.server_id
         self.view = View(self.me)
-        self.drain_batch = drain_batch
         self.ack_timeout = ack_timeout
         self.max_payload = max_payload
         self.settler = Settler(store)
@@ -123,6 +122,13 @@ class Dispatcher:
         # before losing the subscription, or our `up`. Our `ready` says it.
         self.window_from: Position = (0, 0)
         self.recovery = Recovery(self.me, store, cluster, self.view, metrics, spawn)
+        self.drains = Drains(
+            self.me, registry, self.view, store, cluster, metrics, spawn,
+            send=self._send, bubble=self._bubble, copy_drained=self._copy_drained,
+            recommit=self.recommit, settle=self.settler.settle,
+            drop_unresponsive=self._drop_unresponsive,
+            drain_batch=drain_batch, ack_timeout=ack_timeout,
+        )
         # What each kind of cluster event does here, after the view has taken it in
         # (docs/cluster.md names the scripts that publish each).
         self._handlers: dict[type[Event], Callable[[Any, dict[str, str | None]], None]] = {
@@ -536,7 +542,7 @@ class Dispatcher:
             user.drain_wakeup.set()
         for uid in list(view.draining):
             if view.home(uid) == self.me:
-                self._start_drain(uid)
+                self.drains.start(uid)
 
     def _homes_of(self, event: Off | Down) -> dict[str, str | None]:
         """Where the drains of the users an event concerns run now, to see them move."""
@@ -592,7 +598,7 @@ class Dispatcher:
         if self.view.owner(uid) == self.me and home != self.me:
             self._seal(uid, seq)
         if home == self.me:
-            self._start_drain(uid)
+            self.drains.start(uid)
 
     def _seal(self, uid: str, seq: int) -> None:
         # Every message before `seq` was read, and queued if it was ours to queue.
@@ -622,7 +628,7 @@ class Dispatcher:
             if self.view.home(uid) == self.me != before:
                 user = self.registry.user(uid)
                 if uid in self.view.draining or (user is not None and user.phase.holds):
-                    self._start_drain(uid)
+                    self.drains.start(uid)
 
     def _on_ending(self, event: Ending, _: Any) -> None:
         for uid in event.uids:
@@ -657,7 +663,7 @@ class Dispatcher:
                     if not to or conn.sid == to:
                         self._write(user, conn, msg, conn.sid == bubble)
             if event.over and user.phase is Phase.FOLLOWING:
-                self._release_held(user)
+                self.drains.release_held(user)
                 if user.leftover and not user.live():
                     self.spawn(self._return_leftover, uid)
 
@@ -783,219 +789,6 @@ class Dispatcher:
                     self.metrics.delivered.inc()
                     self.settler.settle(user.uid, [msg.stored])
             self._write(user, conn, msg, conn.sid == bubble)
-
-    def _start_drain(self, uid: str) -> None:
-        with self.registry.user_lock(uid):
-            user = self.registry.user(uid)
-            if user is None or not user.live():
-                return
-            if user.phase.runs:
-                user.drain_wakeup.set()
-                return
-            user.begin_drain()
-        self.spawn(self._drain, user)
-
-    def _drain(self, user: User) -> None:
-        """Run `_drain_steps`; a drain that fails is ended and started again shortly, so
-        that nothing the user is owed stays behind it (what it had taken is given back
-        by `_claim` and `_send_drained` themselves)."""
-        try:
-            self._drain_steps(user)
-        except Exception:
-            log.exception("%s: the drain of the queue failed; starting it again", user.uid)
-            with self.registry.user_lock(user.uid):
-                self._end_drain(user)
-            self.spawn(self._drain_again, user.uid)
-
-    def _drain_again(self, uid: str) -> None:
-        time.sleep(DRAIN_RETRY)
-        if uid in self.view.draining and self.view.home(uid) == self.me:
-            self._start_drain(uid)
-
-    def _drain_steps(self, user: User) -> None:
-        """Deliver the queue to a user whose oldest socket is here, in order.
-
-        A drain begins at an event (the user's first socket, or messages given back);
-        from then on their messages are queued, by their owner, behind the drain. It
-        waits for the owner to have read that far, takes the queue batch by batch, and
-        when it finds it empty announces its end: live delivery resumes from that event,
-        here held back until the owner has read that far too and the last queued
-        messages from before it are sent.
-        """
-        uid = user.uid
-        lock = self.registry.user_lock(uid)
-        view = self.view
-        announced = False
-        while True:
-            batch = None
-            waiting: set[str] = set()
-            with lock:
-                if not user.live() or view.home(uid) != self.me:
-                    self._end_drain(user)
-                    return
-                if user.phase is Phase.ENDING:
-                    if user.end is None or not view.sealed(uid, *user.end):
-                        batch = None  # the end is not read, or not certified yet
-                    else:
-                        batch = self._claim(uid, user.end[0])
-                        if batch == []:
-                            log.debug("%s: drain over, %d held messages sent", uid, len(user.held))
-                            self._copy_drained(uid, [], over=True)
-                            self._release_held(user)
-                            continue
-                else:
-                    begun = view.draining.get(uid)
-                    if begun is None:
-                        self._end_drain(user)
-                        return
-                    if view.sealed(uid, *begun) and uid not in view.returning and not view.redoing():
-                        batch = self._claim(uid)
-                if batch:
-                    if not announced:
-                        announced = True
-                        log.info("%s has %d messages enqueued, purging!",
-                                 names.user_channel(uid), self._queued_count(uid, len(batch)))
-                    waiting = self._send_drained(user, batch)
-                elif batch == []:
-                    user.hold(None)
-                user.drain_wakeup.clear()
-            if batch == []:
-                log.debug("%s: queue empty, ending the drain", uid)
-                retrying(f"ending the drain of {uid}",
-                         partial(self.cluster.mark, "ending", [uid], drain="end"))
-                continue
-            if batch is None:
-                # Waiting on the owner, on a give-back, or on Redis.
-                user.drain_wakeup.wait(1.0)
-                continue
-            if len(batch) >= self.drain_batch:
-                # A backlog: the next batch waits for this one's acks, so that a slow
-                # client is not flooded. A short batch was the end of the queue: what
-                # follows is what arrived meanwhile, sent as it would have been live.
-                self._await_acks(user, waiting)
-
-    def _release_held(self, user: User) -> None:
-        """The drain is over: send what arrived since its end, live from now (lock held)."""
-        self._send_late(user, user.release())
-
-    def _send_late(self, user: User, held: list[Message]) -> None:
-        """Send messages held back, as if live (lock held)."""
-        live = user.live()
-        if not held:
-            return
-        if not live:
-            user.leftover.extend(held)
-            return
-        acked_only = all(c.ack for c in live)
-        if acked_only:
-            writes = self.store.writes()
-            for msg in held:
-                writes.track(user.uid, msg.stored)
-            retrying("recording messages in flight", writes.execute)
-        bubble = self._bubble(user.uid)
-        for msg in held:
-            if not (user.live() and self._send(user, msg, acked_only, bubble)):
-                user.leftover.append(msg)
-
-    def _claim(self, uid: str, before: int = 0) -> list[Message] | None:
-        """Take the next batch of the queue into flight (lock held); None: not now."""
-        try:
-            start, raw = self.store.claim_scored(uid, self.drain_batch, before, self.view.era)
-        except redis.RedisError as exc:
-            log.warning("%s: cannot read the queue yet (%s); retrying", uid, exc)
-            return None
-        try:
-            return self._adopt(uid, start, raw)
-        except Exception:
-            # Taken from the queue, not yet sent: back to its head, or it is in limbo.
-            log.exception("%s: could not read %d queued messages; giving them back", uid, len(raw))
-            retrying(f"recommitting for {uid}", partial(self.store.recommit, uid, raw))
-            return None
-
-    def _adopt(self, uid: str, start: int, raw: list[bytes]) -> list[Message]:
-        """The claimed entries as messages. Entries another program wrote (the original
-        Node.js server's, an app's plain text) get an envelope with an id, which replaces
-        them in flight before anything is sent, so every re-delivery carries that id."""
-        channel = names.user_channel(uid)
-        messages: list[Message] = []
-        swaps: list[tuple[bytes, str, int]] = []
-        for i, item in enumerate(raw):
-            msg, foreign = Message.from_queue(item, channel)
-            if foreign:
-                swaps.append((item, msg.stored, start + i))
-            messages.append(msg)
-        if swaps:
-            retrying(f"adopting queue entries of {uid}", partial(self.store.adopt, uid, swaps))
-            for item, stored, _ in swaps:
-                log.warning("%s: queue entry not written by RedMessenger ('%s'); delivered as %s",
-                            uid, envelope.preview_stored(item), stored[:60])
-            self.metrics.foreign.inc(len(swaps))
-        return messages
-
-    def _send_drained(self, user: User, batch: list[Message]) -> set[str]:
-        waiting = set()
-        sent: list[Message] = []
-        delivered: list[str] = []
-        undelivered: list[Message] = []
-        bubble = self._bubble(user.uid)
-        done = 0
-        try:
-            for msg in batch:
-                live = user.live()
-                acked_only = all(c.ack for c in live)
-                if not live or not self._send(user, msg, acked_only, bubble):
-                    undelivered.append(msg)  # every socket left or was cut off
-                    done += 1
-                    continue
-                done += 1
-                self.metrics.drained.inc()
-                if log.isEnabledFor(logging.INFO):
-                    log.info("%s: Purging message '%s' from %s",
-                             user.uid, envelope.preview(msg.envelope), msg.envelope["source"])
-                user.drain_log.append(msg)
-                sent.append(msg)
-                if acked_only:
-                    waiting.add(msg.id)
-                else:
-                    delivered.append(msg.stored)
-        finally:
-            # Whatever was not handed to a socket (also after an error) goes back.
-            undelivered += batch[done:]
-            if delivered:
-                self.settler.settle(user.uid, delivered)
-            if undelivered:
-                # Still the head of the queue: back where they came from, in order.
-                self.recommit(user.uid, undelivered)
-        self._copy_drained(user.uid, sent)
-        return waiting
-
-    def _queued_count(self, uid: str, first_batch: int) -> int:
-        try:
-            return first_batch + self.store.queue_length(uid)
-        except redis.RedisError:
-            return first_batch
-
-    def _await_acks(self, user: User, ids: set[str]) -> None:
-        """Hold the next batch until this one is acknowledged (or its sockets are gone)."""
-        deadline = time.monotonic() + self.ack_timeout
-        lock = self.registry.user_lock(user.uid)
-        while True:
-            with lock:
-                if not user.live() or not ids.intersection(user.pending):
-                    return
-                late = [p for i, p in user.pending.items() if i in ids]
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self._drop_unresponsive(user, late)
-                    return
-            user.drain_wakeup.wait(min(left, 1.0))
-            user.drain_wakeup.clear()
-
-    def _end_drain(self, user: User) -> None:
-        # If our sockets left before the drain's end was certified, what arrived since is
-        # given back with what they held.
-        user.stop_drain()
-        self.registry.forget_if_idle(user)
 
     ### Leaving ###
 
