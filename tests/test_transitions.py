@@ -304,6 +304,10 @@ def run_transition(fault: str, processes: int, tmp_path: Path, logs_dir: Path) -
 # Faults after which users reconnect to another process: README's "late after a
 # reconnect" may happen there (a newer message before one the gone process held).
 RECONNECT_ELSEWHERE = {"sigterm_one", "kill9_one", "kill9_then_flushall"}
+# README, "late after a Redis restart": with 3 processes, a redo of a process's window
+# that lands more than `LATER_REDO_WAIT` after the first can come behind a drain that
+# went on (2 late in 1 of about 12 runs on 2 December; 1 and 2 in stop 21's first CI).
+LATE_AFTER_A_REDIS_RESTART = {"restart_empty"}
 
 
 def check(counts: dict[str, object]) -> None:
@@ -314,6 +318,9 @@ def check(counts: dict[str, object]) -> None:
     assert counts["views_agree"], counts
     if counts["late"] and counts["fault"] in RECONNECT_ELSEWHERE:
         pytest.xfail(f"issue #10, late after a reconnect elsewhere: {counts['late']}: "
+                     f"{counts['late_examples']}")
+    if counts["late"] and counts["fault"] in LATE_AFTER_A_REDIS_RESTART and counts["processes"] > 1:
+        pytest.xfail(f"issue #10, late after a Redis restart (a later redo): {counts['late']}: "
                      f"{counts['late_examples']}")
     assert counts["late"] == 0, counts
 
