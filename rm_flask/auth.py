@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from typing import Any
 
 import redis
@@ -14,6 +15,14 @@ from .ratelimit import IdentifyLimits, RateLimited
 from .tokens import MAX_TOKEN, TokenError, verify
 
 log = logging.getLogger("rm_flask")
+
+# How long an address that passed the screen is let through without asking Redis again.
+# A reconnect storm from one address (a restart, a NAT) would otherwise cost a round trip
+# per socket, on the pool everything else needs. Safe to reuse: the screen only refuses
+# early; secure mode counts and checks every attempt atomically in `authenticate`, and a
+# refusal here forgets the address at once.
+SCREEN_REUSE = 1.0
+SCREENED_AT_MOST = 10_000  # addresses remembered; past that all are forgotten at once
 
 
 class IdentifyError(Exception):
@@ -30,12 +39,16 @@ class Gate:
         self.client = client
         self.limits = IdentifyLimits(client, config.identify_failures_per_uid,
                                      config.identify_failures_per_address)
+        self._passed: dict[str, float] = {}  # address -> when its screen stops counting
         if config.token_secret and not config.secure_mode:
             log.warning("token_secret is set but secure_mode is false: any uid is accepted "
                         "without a key or token")
 
     def screen(self, host: str) -> None:
         """Before the identifier is read: refuse an address that is at its limit."""
+        now = time.monotonic()
+        if self._passed.get(host, 0.0) > now:
+            return
         try:
             self.limits.check_address(host)
         except RateLimited:
@@ -44,6 +57,10 @@ class Gate:
             # Let the handler decide what a Redis it cannot reach means (hold or refuse);
             # in secure mode `authenticate` checks this limit again before any key.
             log.debug("could not check the identify limit of %s: %s", host, exc)
+            return
+        if len(self._passed) >= SCREENED_AT_MOST:
+            self._passed.clear()
+        self._passed[host] = now + SCREEN_REUSE
 
     def authenticate(self, uid: str, key: str | None, data: Any, host: str) -> None:
         """Secure mode: let `uid` in only with its key or a token for it, and count what fails.
@@ -75,6 +92,7 @@ class Gate:
 
     def refused(self, host: str, code: str) -> None:
         """After a refusal: an identifier that names no valid uid counts against its address."""
+        self._passed.pop(host, None)
         if code != "invalid_identifier":
             return
         try:

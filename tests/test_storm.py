@@ -23,7 +23,12 @@ from bench.procs import raise_nofile
 from tests.support.processes import ServerProcess, start_redis, wait_until
 
 SOCKETS = int(os.environ.get("RM_STORM_SOCKETS", "10000"))  # conn_limit's default
-WITHIN = 120.0  # seconds for every socket to be back and identified (figures: see the print)
+# Every socket back and identified within this many times what the same sockets took to
+# connect, 200 at a time, to the calm server before the restart: a bound in the run's own
+# yardstick, since the seconds a handshake costs vary with the machine (the calm connect
+# took 40-60 s here, and once the storm 133 s on a busier run). Figures: see the summary.
+STORM_VS_CALM = 2.0
+PER_SOCKET = 300.0  # seconds a socket of the load generator waits before it tries again
 RATE = 500  # PUBLISHes a second, throughout
 
 
@@ -81,7 +86,7 @@ def test_every_socket_of_a_restarted_server_comes_back_at_once(tmp_path: Path, l
     redis_server = start_redis(tmp_path / "redis", persist=False)
     r = redis.Redis(port=redis_server.port)
     uids = [f"storm{i}" for i in range(SOCKETS)]
-    config = {"conn_limit": SOCKETS + 100, "log_level": "warning", "identify_timeout": 120}
+    config = {"conn_limit": SOCKETS + 100, "log_level": "warning", "identify_timeout": PER_SOCKET}
     server = ServerProcess(redis_server.port, logs_dir, **config).start()
     port = server.port
     url = f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
@@ -89,9 +94,11 @@ def test_every_socket_of_a_restarted_server_comes_back_at_once(tmp_path: Path, l
     publisher = Publisher(r, uids)
     pub = threading.Thread(target=publisher.run, daemon=True)
     try:
+        calm_started = time.monotonic()
         warm = pool.call([{"op": "connect", "url": url, "uids": part, "ack": True, "conc": 200,
                            "timeout": 60} for part in pool.split(uids)], timeout=600)
         assert sum(w["ok"] for w in warm) == SOCKETS, warm
+        calm = time.monotonic() - calm_started
         pub.start()
         time.sleep(1)
         # The restart: every socket drops with the server and comes back at once.
@@ -102,10 +109,12 @@ def test_every_socket_of_a_restarted_server_comes_back_at_once(tmp_path: Path, l
         server.start()
         started = time.monotonic()
         back = pool.call([{"op": "connect", "url": url, "uids": part, "ack": True, "conc": SOCKETS,
-                           "timeout": WITHIN} for part in pool.split(uids)], timeout=WITHIN + 60)
+                           "timeout": PER_SOCKET} for part in pool.split(uids)],
+                          timeout=PER_SOCKET + 60)
         took = time.monotonic() - started
         errors = [w["errors"] for w in back if w["errors"]]
-        assert sum(w["ok"] for w in back) == SOCKETS and took <= WITHIN, back
+        assert sum(w["ok"] for w in back) == SOCKETS, back
+        assert took <= STORM_VS_CALM * calm, f"back in {took:.1f} s, calm connect {calm:.1f} s"
         assert not errors, f"refused or failed while coming back: {errors}"
         time.sleep(2)  # traffic goes on a little after everyone is back
         publisher.stop.set()
@@ -133,7 +142,8 @@ def test_every_socket_of_a_restarted_server_comes_back_at_once(tmp_path: Path, l
         try:
             wait_until(settled, 60, "every owed message received or queued")
         finally:
-            summary(sockets=SOCKETS, back_in_s=round(took, 1), **totals, unseen=publisher.unseen)
+            summary(sockets=SOCKETS, back_in_s=round(took, 1), calm_in_s=round(calm, 1), **totals,
+                    unseen=publisher.unseen)
         assert totals["owed"] > 0
         assert server.metric("rm_redis_reconnects_total") == 0, "the subscription was replaced"
         assert server.metric('rm_identify_failures_total{reason="unavailable"}') == 0
