@@ -44,7 +44,6 @@ from .cluster_events import (
     Socket,
     Up,
 )
-from .sequence import message_id
 
 # The scripts that change presence and publish it as an event (rm_flask/lua/; event.lua
 # numbers each event in the same step as the change it announces).
@@ -132,14 +131,6 @@ class View:
         }
         self.returning.clear()
         self.synced = True
-
-    def next_id(self) -> str:
-        """The id of the message just read: the same in every process that read it.
-
-        (The dispatcher counts inline and makes the id only when it needs it.)
-        """
-        self.count += 1
-        return message_id(self.era, self.seq, self.count)
 
     def owner(self, uid: str) -> str:
         """The one process that queues `uid`'s messages while they have no socket.

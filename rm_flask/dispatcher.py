@@ -24,7 +24,7 @@ import redis
 
 from . import cluster_events, envelope, names
 from .acks import Settler
-from .cluster import Cluster, View
+from .cluster import Cluster, Route, View
 from .cluster_events import (
     Copy,
     Down,
@@ -38,7 +38,6 @@ from .cluster_events import (
     Redone,
     Returned,
     Sealed,
-    Socket,
     Up,
 )
 from .drain import Drains
@@ -48,6 +47,7 @@ from .metrics import Metrics
 from .recovery import Recovery, Seen
 from .registry import Conn, Pending, Phase, Registry, User
 from .retry import retrying
+from .router import Action, decide
 from .sequence import Incoming, Position, tail_count
 from .store import Store
 from .transport import Transport
@@ -312,14 +312,13 @@ class Dispatcher:
         # should they die; and look only at what is ours.
         recent = self.recovery.recent if len(view.servers) > 1 else None
         now = time.monotonic()
-        ours: list[tuple[str, Incoming, list[Socket] | None]] = []
-        route, sockets = view.route, view.sockets
+        ours: list[tuple[str, Incoming, Route]] = []
         for uid, incoming in plan:
-            decided = route(uid)
+            route = view.route(uid)
             if recent is not None:
-                recent.append(Seen(now, uid, decided.duty, incoming.fields()))
-            if decided.ours(me):
-                ours.append((uid, incoming, sockets.get(uid)))
+                recent.append(Seen(now, uid, route.duty, incoming.fields()))
+            if route.ours(me):
+                ours.append((uid, incoming, route))
         if not ours:
             return 0
         opening = self._opening and len(view.servers) > 1
@@ -331,45 +330,34 @@ class Dispatcher:
             writes = self.store.writes(from_listener=True)
             sends: list[tuple[User, Message, bool, str | None]] = []
             queued: list[str] = []
-            for uid, incoming, socks in ours:
-                if (opening and socks and uid not in view.draining
-                        and all(s == me for s, _ in socks)):
-                    # Its drain begins at our `ready`, behind what the others redo. (If it
-                    # drains already, its owner queues it, below.)
+            for uid, incoming, route in ours:
+                user = self.registry.user(uid)
+                live = user.live() if user is not None else []
+                action = decide(route, me, opening=opening, holds=user is not None and user.phase.holds,
+                                live=bool(live))
+                if action is Action.NOTHING:
+                    continue
+                if action is Action.QUEUE:
+                    if not view.sockets.get(uid):
+                        log.info("Client is not online, queueing message in Redis (%s)",
+                                 names.queue_key(uid))
                     writes.append(uid, incoming.message().stored)
                     queued.append(uid)
                     continue
-                if not socks or uid in view.draining:
-                    if view.owner(uid) == me:
-                        if not socks:
-                            log.info("Client is not online, queueing message in Redis (%s)",
-                                     names.queue_key(uid))
-                        writes.append(uid, incoming.message().stored)
-                        queued.append(uid)
-                    # A tab here, while another server drains, gets it from the queue:
-                    # that server sends us copies of what it drains (`_on_copy`).
-                    continue
-                user = self.registry.user(uid) or self.registry.hold(uid)
-                if user.phase.holds:
+                user = user or self.registry.hold(uid)
+                if action is Action.HOLD:
                     user.held.append(incoming.message())
-                    continue
-                live = user.live()
-                if not live:
-                    # Our sockets of this user left and the others have not read it yet:
-                    # keep it to give back with what they held. Also when other processes
-                    # hold sockets of the user: theirs may be leaving too, unread as ours
-                    # (each then gives it back, and the queue keeps one copy).
+                elif action is Action.KEEP:
                     user.leftover.append(incoming.message())
-                    continue
-                msg = incoming.message()
-                # With only ack-mode sockets, a message is delivered once acknowledged, so
-                # it is recorded in flight before it is sent; written to a socket that
-                # does not acknowledge, it is delivered.
-                acked_only = all(c.ack for c in live)
-                if acked_only:
-                    writes.track(uid, msg.stored)
-                first = socks[0]
-                sends.append((user, msg, acked_only, first[1] if first[0] == me else None))
+                else:
+                    msg = incoming.message()
+                    # With only ack-mode sockets, a message is delivered once acknowledged,
+                    # so it is recorded in flight before it is sent; written to a socket
+                    # that does not acknowledge, it is delivered.
+                    acked_only = all(c.ack for c in live)
+                    if acked_only:
+                        writes.track(uid, msg.stored)
+                    sends.append((user, msg, acked_only, self._bubble(uid)))
             cut = retrying("writing to Redis", writes.execute) if writes else []
             for uid, dropped in zip(queued, cut, strict=True):
                 self.metrics.queued.inc()

@@ -180,7 +180,7 @@ class Drains:
     def _claim(self, uid: str, before: int = 0) -> list[Message] | None:
         """Take the next batch of the queue into flight (lock held); None: not now."""
         try:
-            start, raw = self.store.claim_scored(uid, self.drain_batch, before, self.view.era)
+            start, raw = self.store.claim(uid, self.drain_batch, before, self.view.era)
         except redis.RedisError as exc:
             log.warning("%s: cannot read the queue yet (%s); retrying", uid, exc)
             return None

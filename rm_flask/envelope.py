@@ -66,10 +66,6 @@ def loads(raw: bytes | str) -> Envelope:
     return json.loads(raw)
 
 
-def with_bubble(envelope: Envelope, bubble: bool) -> Envelope:
-    return {**envelope, "bubble": bubble}
-
-
 def preview(envelope: Envelope, limit: int = 80) -> str:
     """The payload as logs show it: cut to `limit` characters, one line."""
     text = envelope.get("payload", "")

@@ -68,16 +68,12 @@ class Store:
     def queue_length(self, uid: str) -> int:
         return self.redis.llen(names.queue_key(uid))
 
-    def claim(self, uid: str, count: int, before: int = 0, era: str = "") -> list[bytes]:
-        """Move up to `count` of the oldest queued envelopes into our in-flight set.
+    def claim(self, uid: str, count: int, before: int = 0, era: str = "") -> tuple[int, list[bytes]]:
+        """Move up to `count` of the oldest queued envelopes into our in-flight set; return
+        the in-flight score of the first one taken (the others follow) and the envelopes.
 
         `before`: an event number; only messages that came before it are taken.
         """
-        return self.claim_scored(uid, count, before, era)[1]
-
-    def claim_scored(self, uid: str, count: int, before: int = 0,
-                     era: str = "") -> tuple[int, list[bytes]]:
-        """`claim`, and the in-flight score of the first entry taken (the others follow)."""
         start = self._next_scores(count)
         return start, self._claim(
             keys=[

@@ -33,7 +33,7 @@ def test_append_sets_ttl_and_cuts_the_oldest(store, r):
 def test_claim_moves_to_in_flight_and_recommit_restores_order(store, r):
     for n in range(5):
         store.append("u", item(n))
-    batch = store.claim("u", 3)
+    _, batch = store.claim("u", 3)
     assert payloads(batch) == [0, 1, 2]
     assert payloads(r.lrange("rm:users:u:messages", 0, -1)) == [3, 4]
     assert payloads(r.zrange("rm:inflight:srv1:u", 0, -1)) == [0, 1, 2]
@@ -76,7 +76,7 @@ def test_claim_stops_at_the_end_of_a_drain(r):
     store = Store(r, "srv1", queue_expiry=100, max_queue_length=100)
     for seq in (3, 4, 5, 6):
         store.append("u", env(seq, 1))
-    assert [json.loads(i)["id"] for i in store.claim("u", 10, before=5, era="e1")] == ["e1.3.1", "e1.4.1"]
+    assert [json.loads(i)["id"] for i in store.claim("u", 10, before=5, era="e1")[1]] == ["e1.3.1", "e1.4.1"]
     assert ids(r, "u") == ["e1.5.1", "e1.6.1"]
 
 

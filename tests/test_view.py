@@ -2,38 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from itertools import count
 
 from rm_flask.cluster import LATER_REDO_WAIT, RECOVERY_WAIT, View
 from rm_flask.cluster_events import parse
-
-
-def wire(**fields) -> bytes:
-    """An event as a script publishes it (one-letter keys)."""
-    return json.dumps(fields).encode()
-
-
-class Events:
-    """Numbered events, as the scripts publish them."""
-
-    def __init__(self, *views: View) -> None:
-        self.views = views
-        self.seq = count(1)
-
-    def __call__(self, t: str, s: str, **fields) -> int:
-        event = parse(wire(g=next(self.seq), t=t, s=s, **fields))
-        for view in self.views:
-            view.apply(event)
-        return event.seq
-
-
-def joined(me: str, servers: list[str]) -> View:
-    view = View(me)
-    view.load(0, "e1", servers, [], [])
-    return view
+from rm_flask.sequence import message_id
+from tests.support.views import Events, joined, wire
 
 
 def test_every_process_agrees_on_the_owner_and_a_join_moves_only_what_it_wins():
@@ -118,12 +94,17 @@ def test_a_dead_server_takes_its_sockets_with_it():
 
 
 def test_message_ids_are_the_same_for_every_reader_and_new_after_each_event():
+    """The id of the n-th message after an event is made from the view (era, event) and
+    n, as the dispatcher's `_incoming` makes it."""
     a, b = joined("A", ["A", "B"]), joined("B", ["A", "B"])
-    ids = [(a.next_id(), b.next_id()) for _ in range(3)]
-    assert [x for x, y in ids if x != y] == []
+
+    def ids(view: View) -> list[str]:
+        return [message_id(view.era, view.seq, n) for n in (1, 2, 3)]
+
+    before = ids(a)
+    assert before == ids(b) and len(set(before)) == 3
     Events(a, b)("ping", "A", u=[], w=[], e=0)
-    assert a.next_id() == b.next_id() == "e1.1.1"
-    assert len({x for x, _ in ids}) == 3
+    assert ids(a) == ids(b) and ids(a)[0] == "e1.1.1" and not set(ids(a)) & set(before)
 
 
 # Who queues, or delivers, a message (docs/cluster.md, the table under "The idea").

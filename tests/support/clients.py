@@ -169,16 +169,19 @@ class RMClient:
         self.close()
 
 
-    def local_port(self) -> int:
-        """The port of this tab's end of its WebSocket: what a `Proxy` knows it by."""
-        return self.sio.eio.ws.sock.getsockname()[1]
-
     def vanish(self, proxy: Any) -> None:
         """Vanish without a FIN, like a tab whose network went away: the `Proxy` it
         connected through stops forwarding, so the server hears nothing, ever; then this
-        end is let go (its own close never gets past the proxy)."""
-        proxy.cut(self.local_port())
-        self.ended, self.vanished_at = "vanished", time.monotonic()
+        end is let go (its own close never gets past the proxy). A tab whose connection
+        has already ended (the server cut it, say) has nothing left to vanish from: it
+        is let go all the same."""
+        try:
+            port = self.sio.eio.ws.sock.getsockname()[1]  # what the `Proxy` knows it by
+        except (AttributeError, OSError):
+            port = None
+        if port is not None:
+            proxy.cut(port)
+            self.ended, self.vanished_at = "vanished", time.monotonic()
         self.drop()
 
 
