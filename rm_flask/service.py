@@ -19,12 +19,13 @@ from redis.retry import Retry
 from . import names
 from .cluster import Cluster
 from .config import Config
-from .dispatcher import ADMIT_AT_ONCE, Dispatcher, Hooks
+from .dispatcher import Dispatcher, Hooks
 from .listener import Listener
 from .metrics import Metrics
 from .registry import Registry
 from .retry import retrying
 from .sequence import position_text
+from .sessions import ADMIT_AT_ONCE
 from .store import Store
 from .transport import SocketTransport
 
@@ -173,7 +174,7 @@ class Service:
         self.dispatcher.settler.wake()
         self.listener.stop()
         if self._started:
-            self.dispatcher.keep_in_redis()
+            self.dispatcher.sessions.keep_in_redis()
             try:
                 self.housekeeping_redis.set(names.stopped_key(self.server_id), 1, ex=3600)
             except redis.RedisError:
@@ -271,7 +272,7 @@ class Service:
         while not self._stopped.wait(HOUSEKEEPING_EVERY):
             try:
                 self._expire_unidentified()
-                self.dispatcher.expire_unacknowledged()
+                self.dispatcher.sessions.expire_unacknowledged()
                 self._heartbeat()
                 # Says how far our listener has read: a drain waiting on us can go on.
                 self.housekeeping_cluster.mark("ping", ref=self.dispatcher.view.seq)

@@ -6,22 +6,9 @@ from __future__ import annotations
 
 import threading
 
-import redis
-
 from rm_flask.acks import Settler
+from tests.support.fakes import FakeStore
 from tests.support.processes import wait_until
-
-
-class FakeStore:
-    def __init__(self) -> None:
-        self.calls: list[dict[str, list[str]]] = []
-        self.refuse = 0  # how many calls fail before one succeeds
-
-    def settle_many(self, by_uid: dict[str, list[str]]) -> None:
-        if self.refuse:
-            self.refuse -= 1
-            raise redis.ConnectionError("Redis is restarting")
-        self.calls.append({uid: list(members) for uid, members in by_uid.items()})
 
 
 def test_what_is_due_goes_in_one_round_trip_by_user():

@@ -1,0 +1,132 @@
+"""Writing a message to this process's sockets of a user, and taking their acks.
+
+The dispatcher, the drains and a socket that joins an online user all send through here,
+so that "in flight until acknowledged, delivered once written" is decided in one place
+(SPEC §4, §5.3). Callers hold the user's lock, except `acked`, which must not wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from typing import Any
+
+from . import envelope
+from .acks import Settler
+from .cluster import View
+from .envelope import Message
+from .metrics import Metrics
+from .registry import Conn, Pending, Registry, User
+from .transport import Transport
+
+log = logging.getLogger("rm_flask")
+
+
+class Delivery:
+    def __init__(self, me: str, view: View, registry: Registry, transport: Transport,
+                 metrics: Metrics, settler: Settler) -> None:
+        self.me = me
+        self.view = view
+        self.registry = registry
+        self.transport = transport
+        self.metrics = metrics
+        self.settler = settler
+
+    def bubble(self, uid: str) -> str | None:
+        """The sid of the user's oldest socket on any server, if it is here."""
+        socks = self.view.sockets.get(uid)
+        return socks[0][1] if socks and socks[0][0] == self.me else None
+
+    def send(self, user: User, msg: Message, pending: bool, bubble: str | None) -> bool:
+        """Send to every open socket of `user` here (their lock held).
+
+        `pending`: the message waits for an ack in `user.pending` (it is in flight in
+        Redis already), and a socket that goes away gives it back. Otherwise it counts as
+        delivered once written; False if no socket took it (all cut off for slowness).
+        `bubble`: the sid of the socket that shows a notification.
+        """
+        conns = user.live()
+        if pending:
+            earlier = user.pending.get(msg.id)
+            if earlier is not None and earlier.message.stored != msg.stored:
+                # Sent again before its first copy was acknowledged, in an envelope another
+                # process made (its own timestamp: given back by that process, then
+                # drained here). Both are in flight; the new record is enough, and an ack
+                # of either copy finds only the new one.
+                self.settler.settle(user.uid, [earlier.message.stored])
+            user.pending[msg.id] = Pending(msg, {c.sid for c in conns})
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s: Sending message '%s' from %s",
+                     user.uid, envelope.preview(msg.envelope), msg.envelope["source"])
+        took = [conn for conn in conns if self.write(user, conn, msg, conn.sid == bubble)]
+        if pending:
+            return True
+        if any(not conn.ack for conn in took):
+            self.metrics.delivered.inc()
+            return True
+        if took:
+            # The plain socket that made it delivered was cut off: only ack-mode sockets
+            # have it now, so it is delivered when one of them acknowledges it.
+            user.pending[msg.id] = Pending(msg, {conn.sid for conn in took})
+            return True
+        return False
+
+    def write(self, user: User, conn: Conn, msg: Message, bubble: bool) -> bool:
+        """Write `msg` to one socket; False if that socket is too slow and is cut off."""
+        callback = partial(self.acked, user.uid, conn.sid, msg.id) if conn.ack else None
+        if self.transport.send(conn, msg, bubble, callback):
+            return True
+        # Its buffer is full. Let its writer run once: a burst fills a healthy socket's
+        # buffer too, faster than its writer gets a turn.
+        time.sleep(0)
+        if conn.closing:
+            return False
+        if self.transport.send(conn, msg, bubble, callback):
+            return True
+        # A client that stopped reading must not hold the others up, nor grow our memory
+        # without bound: close it. Its disconnect gives back what it held, from a
+        # greenlet of its own, so that this batch goes on meanwhile.
+        log.warning("%s: socket %s is not reading its messages; closing it", user.uid, conn.address)
+        self.metrics.slow_closed.inc()
+        conn.closing = True
+        self.transport.disconnect(conn)
+        return False
+
+    def replay(self, user: User, conn: Conn) -> None:
+        """Bring a socket that joins an online user up to date, in order.
+
+        Unacknowledged messages the other tabs hold come first (all older than the drain,
+        since live messages are queued while one runs), then what the running drain sent.
+        """
+        drained = {m.id for m in user.drain_log}
+        older = [p.message for p in user.pending.values() if p.message.id not in drained]
+        bubble = self.bubble(user.uid)
+        for msg in older + user.drain_log:
+            pending = user.pending.get(msg.id)
+            if pending is not None:
+                if conn.ack:
+                    pending.waiting.add(conn.sid)
+                else:
+                    del user.pending[msg.id]
+                    self.metrics.delivered.inc()
+                    self.settler.settle(user.uid, [msg.stored])
+            self.write(user, conn, msg, conn.sid == bubble)
+
+    def acked(self, uid: str, sid: str, msg_id: str, *_: Any) -> None:
+        """A socket acknowledged a message: it is delivered, for every socket of the user.
+
+        Takes no user lock: this runs for every message, and the only state it changes
+        is one `pop`, which is atomic; everything else is deferred (`Settler`). Waiting
+        here for the listener's round trip to Redis would stall every socket's acks.
+        """
+        user = self.registry.user(uid)
+        pending = user.pending.pop(msg_id, None) if user else None
+        if pending is None:
+            return  # already acknowledged by another tab, or given back already
+        self.metrics.delivered.inc()
+        self.settler.settle(uid, [pending.message.stored])
+        if user.phase.runs:
+            user.drain_wakeup.set()
+        if not user.conns:
+            self.registry.forget_if_idle(user)
