@@ -541,7 +541,12 @@ class Dispatcher:
         for uid in event.uids:
             owner, home = self.view.owner(uid), self.view.home(uid)
             user = self.registry.user(uid)
-            if home == self.me:
+            # Ours when we are the home; also when the user has no socket left anywhere
+            # and our drain is ending: its tab went before this was read, and a tab that
+            # comes back here finds the drain still ending, which must know its end or
+            # it waits for ever (the queue given back meanwhile never drained).
+            ours = home == self.me or (home is None and user is not None and user.phase is Phase.ENDING)
+            if ours:
                 if user is not None:
                     user.end = (event.seq, owner)
                     user.drain_wakeup.set()
