@@ -46,6 +46,11 @@ ACK = "43/rm,"
 CONNECTED = "40/rm"
 CONNECT_ERROR = "44/rm"
 DISCONNECT = "41/rm"
+# Batch acks (SPEC §4), as the JS client sends them: one `ack` event per 50 ms or 100 ids.
+BATCH_ACK_S = 0.05
+BATCH_ACK_IDS = 100
+
+Ack = bool | str  # False, True (an ack per message), or "batch"
 
 
 class ProtocolError(Exception):
@@ -127,12 +132,14 @@ class SioClient:
     """One browser-like socket: connect, join the namespace, identify, then receive."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, url: str, uid: str, ack: bool, tracker: Tracker
+        self, session: aiohttp.ClientSession, url: str, uid: str, ack: Ack, tracker: Tracker
     ) -> None:
         self.session = session
         self.url = url
         self.uid = uid
         self.ack = ack
+        self._acks: list[str] = []  # batch mode: ids handled, not acknowledged yet
+        self._ack_timer: asyncio.TimerHandle | None = None
         self.tracker = tracker
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.task: asyncio.Task[None] | None = None
@@ -148,7 +155,7 @@ class SioClient:
         await self.ws.send_str(CONNECTED + ",")
         await self._expect(CONNECTED, timeout)
         # The ack-mode identify is the project's own client; the string form is the seed's.
-        ident: Any = {"uid": self.uid, "ack": True} if self.ack else self.uid
+        ident: Any = {"uid": self.uid, "ack": self.ack} if self.ack else self.uid
         await self.ws.send_str(EVENT + "1" + json.dumps(["identifier", ident]))
         reply = await self._expect(ACK + "1[", timeout)
         body = _loads(reply[len(ACK) + 1:])
@@ -183,6 +190,13 @@ class SioClient:
             event = _loads(data[start:])
             if event[0] == "message":
                 self.tracker.on_message(self.uid, event[1])
+                if ack_id is None and self.ack == "batch":
+                    self._acks.append(event[1]["id"])
+                    if len(self._acks) >= BATCH_ACK_IDS:
+                        await self._send_acks()
+                    elif self._ack_timer is None:
+                        self._ack_timer = asyncio.get_running_loop().call_later(
+                            BATCH_ACK_S, lambda: asyncio.ensure_future(self._send_acks()))
             else:
                 self.tracker.events[str(event[0])] += 1
             if ack_id is not None:
@@ -192,6 +206,17 @@ class SioClient:
         elif data.startswith(DISCONNECT) or data == "1":
             return False
         return True
+
+    async def _send_acks(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        ids, self._acks = self._acks, []
+        if ids and self.ws is not None and not self.ws.closed:
+            try:
+                await self.ws.send_str(EVENT + json.dumps(["ack", ids]))
+            except ConnectionError:
+                pass  # closing: the server gives what was not acknowledged back
 
     async def run(self) -> None:
         assert self.ws is not None
@@ -261,7 +286,7 @@ class Worker:
             await self.op_close()
             await self.session.close()
 
-    async def _open_one(self, url: str, uid: str, ack: bool, timeout: float) -> SioClient | None:
+    async def _open_one(self, url: str, uid: str, ack: Ack, timeout: float) -> SioClient | None:
         assert self.session is not None
         for attempt in range(3):
             client = SioClient(self.session, url, uid, ack, self.tracker)
@@ -275,7 +300,7 @@ class Worker:
         return None
 
     async def op_connect(
-        self, url: str, uids: list[str], ack: bool, conc: int, timeout: float
+        self, url: str, uids: list[str], ack: Ack, conc: int, timeout: float
     ) -> dict[str, Any]:
         sem = asyncio.Semaphore(conc)  # bounded so the server's accept backlog never overflows
 

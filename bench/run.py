@@ -82,6 +82,13 @@ def plan(s: Sizes, targets: list[str], only: str | None) -> list[tuple[str, str,
             steps.append(("direct", t, lambda c, t=t: [
                 scenarios.direct(c, t, s.direct_clients, s.direct_msgs, ack=True,
                                  log_level="info")]))
+            # Batch acks (SPEC §4), what the JS client sends by default.
+            steps.append(("direct", t, lambda c, t=t: [
+                scenarios.direct(c, t, s.direct_clients, s.direct_msgs, ack="batch")]))
+            steps.append(("fanout", t, lambda c, t=t: [
+                scenarios.fanout(c, t, s.fan_members, s.fan_msgs, ack="batch")]))
+            steps.append(("paced", t, lambda c, t=t: [
+                scenarios.direct(c, t, s.paced_clients, s.paced_msgs, ack="batch", rate=s.paced_rate)]))
         steps.append(("fanout", t, lambda c, t=t, a=ours: [
             scenarios.fanout(c, t, s.fan_members, s.fan_msgs, ack=a)]))
         steps.append(("paced", t, lambda c, t=t, a=ours: [

@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from bench.loadgen import Pool, parse_payload
+from bench.loadgen import Ack, Pool, parse_payload
 from bench.procs import TARGETS, CpuMeter, GunicornServer, RedisServer
 from bench.publisher import Publisher, PublishResult
 from bench.stats import cpu_summary, merge, percentiles, saturation
@@ -74,7 +74,7 @@ def ws_url(srv: GunicornServer) -> str:
 
 
 def connect(
-    pool: Pool, srv: GunicornServer, uids: list[str], ack: bool, conc: int = 100
+    pool: Pool, srv: GunicornServer, uids: list[str], ack: Ack, conc: int = 100
 ) -> dict[str, Any]:
     """Open and identify one socket per uid, spread over the workers; returns timing."""
     cmds = [
@@ -190,7 +190,7 @@ def _delivery_run(
 
 
 def direct(
-    ctx: Ctx, target: str, clients: int, messages: int, ack: bool, rate: float | None = None,
+    ctx: Ctx, target: str, clients: int, messages: int, ack: Ack, rate: float | None = None,
     log_level: str = "warning", window: int = 2000,
 ) -> dict[str, Any]:
     uids = [f"u{i}" for i in range(clients)]
@@ -275,7 +275,7 @@ def scale(
 
 
 def fanout(
-    ctx: Ctx, target: str, members: int, messages: int, ack: bool, log_level: str = "warning"
+    ctx: Ctx, target: str, members: int, messages: int, ack: Ack, log_level: str = "warning"
 ) -> dict[str, Any]:
     uids = [f"m{i}" for i in range(members)]
     with serving(ctx, target, log_level) as srv, loadgen(ctx) as pool:

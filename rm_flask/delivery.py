@@ -74,7 +74,7 @@ class Delivery:
 
     def write(self, user: User, conn: Conn, msg: Message, bubble: bool) -> bool:
         """Write `msg` to one socket; False if that socket is too slow and is cut off."""
-        callback = partial(self.acked, user.uid, conn.sid, msg.id) if conn.ack else None
+        callback = partial(self.acked, user.uid, conn.sid, msg.id) if conn.ack and not conn.batch else None
         if self.transport.send(conn, msg, bubble, callback):
             return True
         # Its buffer is full. Let its writer run once: a burst fills a healthy socket's
@@ -126,7 +126,31 @@ class Delivery:
             return  # already acknowledged by another tab, or given back already
         self.metrics.delivered.inc()
         self.settler.settle(uid, [pending.message.stored])
+        self._after_acks(user)
+
+    def acked_many(self, uid: str, sid: str, ids: list[Any]) -> None:
+        """Socket `sid` acknowledged the messages with these ids (an `ack` event, SPEC §4).
+
+        Ids it was not sent, or that are settled already, are ignored: a tab can only
+        acknowledge what it holds. No user lock, as in `acked`.
+        """
+        user = self.registry.user(uid)
+        if user is None:
+            return
+        settled: list[str] = []
+        for msg_id in ids:
+            pending = user.pending.get(msg_id) if isinstance(msg_id, str) else None
+            if pending is None or sid not in pending.waiting:
+                continue
+            if user.pending.pop(msg_id, None) is not None:
+                settled.append(pending.message.stored)
+        if settled:
+            self.metrics.delivered.inc(len(settled))
+            self.settler.settle(uid, settled)
+            self._after_acks(user)
+
+    def _after_acks(self, user: User) -> None:
         if user.phase.runs:
-            user.drain_wakeup.set()
+            user.drain_wakeup.set()  # its drain may wait for these acks
         if not user.conns:
             self.registry.forget_if_idle(user)

@@ -31,7 +31,10 @@ class Conn:
     uid: str | None = None  # set once the socket is attached to its user
     requested: str | None = None  # the uid it identified as, from the identify reply on
     announced: str | None = None  # the uid every server was told this socket holds
-    ack: bool = False
+    ack: bool = False  # its messages count as delivered once acknowledged, not once written
+    # Acknowledges with `ack` events listing ids (SPEC §4 batch acks): its messages go
+    # without a Socket.IO ack id.
+    batch: bool = False
     closing: bool = False  # cut off (too slow): gets nothing more while its close completes
 
 

@@ -84,13 +84,17 @@ class Sessions:
                 return False
             return True
 
-    def switch_ack(self, conn: Conn, ack: bool) -> None:
+    def switch_ack(self, conn: Conn, ack: bool, batch: bool = False) -> None:
         """The socket identified again with another ack mode (SPEC §4): from now on its
-        messages count as delivered when acknowledged (`ack`), or when written."""
+        messages count as delivered when acknowledged (`ack`, one by one or in `batch`es),
+        or when written."""
         uid = conn.requested
         if uid is None:
             return
         with self.registry.user_lock(uid):
+            # What was sent before keeps the way it is acknowledged: an ack id, or an id
+            # for an `ack` event, which is taken from any socket that acknowledges.
+            conn.batch = batch
             if conn.ack == ack:
                 return
             conn.ack = ack
@@ -102,7 +106,6 @@ class Sessions:
                 if conn.sid in pending.waiting and user.pending.pop(pending.message.id, None):
                     self.metrics.delivered.inc()
                     self.settler.settle(uid, [pending.message.stored])
-
 
     def leave(self, conn: Conn) -> None:
         """Detach a socket and announce it; what only it held is given back once every

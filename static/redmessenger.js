@@ -16,8 +16,10 @@
  *   getToken       function (uid) returning a token, or a Promise of one: called before
  *                  every identify (the first and each reconnect), so that a tab open for
  *                  longer than a token lives never presents an expired one
- *   ack            true (default): acknowledge each message, so the server counts it as
- *                  delivered only once this tab has it; false: the seed's plain protocol
+ *   ack            "batch" (default): acknowledge what this tab has, a list of ids at a
+ *                  time (every 50 ms or 100 messages), so the server counts a message as
+ *                  delivered only once this tab has it; true: the same, one ack per
+ *                  message (costs the server more); false: the seed's plain protocol
  *   notifications  true (default): show a desktop Notification for messages whose
  *                  `bubble` is true (only one tab of the user gets that), if the user allowed
  *   autoConnect    true (default): connect now; otherwise call connect()
@@ -92,6 +94,10 @@
   // How many message ids we remember to drop duplicates; older ones are forgotten.
   var SEEN_LIMIT = 5000;
   var IDENTIFY_TIMEOUT_MS = 10000;
+  // Batch acks (SPEC §4): the ids handled go in one `ack` event at most this often, or
+  // as soon as this many are waiting.
+  var BATCH_ACK_MS = 50;
+  var BATCH_ACK_IDS = 100;
   // The server counts failed identifies in windows of a minute: asking again sooner is
   // refused again, and would only be counted against this uid and address.
   var RATE_LIMIT_MS = 60000;
@@ -110,6 +116,9 @@
     if (!options.uid || typeof options.uid !== "string") {
       throw new TypeError("RedMessenger: options.uid is required");
     }
+    if (options.ack !== undefined && [true, false, "batch"].indexOf(options.ack) < 0) {
+      throw new TypeError("RedMessenger: options.ack must be \"batch\", true or false");
+    }
     if (options.getToken !== undefined && typeof options.getToken !== "function") {
       throw new TypeError("RedMessenger: options.getToken must be a function");
     }
@@ -119,7 +128,7 @@
     this.key = options.key || "";
     this.token = options.token || "";
     this.getToken = options.getToken || null;
-    this.ack = options.ack !== false;
+    this.ack = options.ack === undefined ? "batch" : options.ack;
     this.notifications = options.notifications !== false;
     this.retryMin = retry.min > 0 ? retry.min : 1000;
     this.retryMax = retry.max >= this.retryMin ? retry.max : Math.max(30000, this.retryMin);
@@ -134,6 +143,8 @@
     this._retries = 0; // temporary refusals in a row, for the backoff
     this._retryTimer = null;
     this._connection = 0; // counts connects, so that a late reply to an old one is ignored
+    this._acks = []; // batch mode: ids handled and not acknowledged yet
+    this._ackTimer = null;
     if (options.autoConnect !== false) {
       this.connect();
     }
@@ -175,7 +186,7 @@
       return this.key ? this.uid + ":" + this.key : this.uid;
     }
     var identifier = { uid: this.uid };
-    if (this.ack) identifier.ack = true;
+    if (this.ack) identifier.ack = this.ack;
     if (token) {
       identifier.token = token;
     } else if (this.key) {
@@ -227,6 +238,9 @@
       // socket.io retries by itself, except after close(), a refusal, or the server
       // closing this socket on purpose (e.g. more tabs than user_conn_limit); after a
       // temporary refusal we retry ourselves, once the backoff is over.
+      // Acks not sent yet are moot: the server gives those messages back and sends them
+      // again, and then they are acknowledged (and not passed on twice).
+      self._dropAcks();
       var retrying = self._retryTimer !== null;
       var willRetry = retrying || socket.active;
       if (!retrying) self.state = willRetry ? "disconnected" : "closed";
@@ -361,8 +375,36 @@
     } finally {
       // Acknowledge even a duplicate or a message our handler choked on: the server
       // should not send it again, and will not hold this tab's next messages back.
-      if (typeof ack === "function") ack(true);
+      if (typeof ack === "function") {
+        ack(true);
+      } else if (this.ack === "batch" && message && message.id !== undefined) {
+        this._batchAck(message.id);
+      }
     }
+  };
+
+  RedMessenger.prototype._batchAck = function (id) {
+    var self = this;
+    this._acks.push(id);
+    if (this._acks.length >= BATCH_ACK_IDS) {
+      this._sendAcks();
+    } else if (this._ackTimer === null) {
+      this._ackTimer = setTimeout(function () { self._sendAcks(); }, BATCH_ACK_MS);
+    }
+  };
+
+  RedMessenger.prototype._sendAcks = function () {
+    var ids = this._acks;
+    this._dropAcks();
+    if (ids.length && this.socket && this.socket.connected) this.socket.emit("ack", ids);
+  };
+
+  RedMessenger.prototype._dropAcks = function () {
+    if (this._ackTimer !== null) {
+      clearTimeout(this._ackTimer);
+      this._ackTimer = null;
+    }
+    this._acks = [];
   };
 
   RedMessenger.prototype._remember = function (id) {

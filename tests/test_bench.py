@@ -25,7 +25,8 @@ def quick_rows(tmp_path, scenario: str) -> tuple[list[dict], str]:
 
 def test_quick_direct_benchmark_delivers_everything(tmp_path):
     direct, _ = quick_rows(tmp_path, "direct")
-    assert len(direct) == 3, "ack, no-ack, and ack with info logging"
+    assert [(r["ack"], r["log_level"]) for r in direct] == [
+        (True, "warning"), (False, "warning"), (True, "info"), ("batch", "warning")]
     for row in direct:
         assert row["deliveries"] == row["expected"] > 0 and row["lost"] == 0, row
         assert row["server_cpu_us_per_delivery"] > 0

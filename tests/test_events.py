@@ -13,11 +13,12 @@ from rm_flask.events import IdentifyError, parse_identifier
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        ("user1", ("user1", None, False)),
-        ("user1:", ("user1", "", False)),
-        ("user1:k:with:colons", ("user1", "k:with:colons", False)),
-        ({"uid": "u", "key": "k", "ack": True}, ("u", "k", True)),
-        ({"uid": "u"}, ("u", None, False)),
+        ("user1", ("user1", None, False, False)),
+        ("user1:", ("user1", "", False, False)),
+        ("user1:k:with:colons", ("user1", "k:with:colons", False, False)),
+        ({"uid": "u", "key": "k", "ack": True}, ("u", "k", True, False)),
+        ({"uid": "u", "ack": "batch"}, ("u", None, True, True)),
+        ({"uid": "u"}, ("u", None, False, False)),
     ],
 )
 def test_parse_identifier(data, expected):
@@ -25,7 +26,8 @@ def test_parse_identifier(data, expected):
 
 
 @pytest.mark.parametrize("data", [None, 1, 1.5, True, [], {}, "", ":k", "a b", {"uid": 1},
-                                  {"uid": "u", "ack": 1}, "u" * 3000])
+                                  {"uid": "u", "ack": 1}, {"uid": "u", "ack": "Batch"},
+                                  {"uid": "u", "ack": ["batch"]}, "u" * 3000])
 def test_parse_identifier_refuses(data):
     with pytest.raises(IdentifyError):
         parse_identifier(data)

@@ -136,8 +136,9 @@ def test_redis_outage_with_200_ack_clients(own_redis, own_server, summary):
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("vanishing", [False, True], ids=["closed", "closed-and-vanished"])
-def test_200_ack_clients_churning_during_20000_messages(make_server, proxy_to, r, summary, vanishing):
+@pytest.mark.parametrize(("vanishing", "ack"), [(False, True), (True, True), (False, "batch")],
+                         ids=["closed", "closed-and-vanished", "closed-batch-acks"])
+def test_200_ack_clients_churning_during_20000_messages(make_server, proxy_to, r, summary, vanishing, ack):
     """README: 200 ack-mode clients connecting and dropping at random during 20,000
     messages: all received, 0 lost, 0 out of order; the duplicates are messages a tab had
     received but not acknowledged, delivered again with the same id.
@@ -145,7 +146,8 @@ def test_200_ack_clients_churning_during_20000_messages(make_server, proxy_to, r
     Drops of two kinds, half each: a goodbye (Socket.IO disconnect) and a bare FIN. With
     `vanishing`, a third of the tabs come through a proxy, and those drop by vanishing
     instead: the proxy stops forwarding, so the server notices by pings alone, within
-    ping_interval + ping_timeout."""
+    ping_interval + ping_timeout. With `ack="batch"` the tabs acknowledge with `ack`
+    events (SPEC §4), as the JS client does."""
     server = make_server(log_level="warning", ping_interval=2, ping_timeout=3)
     proxy = proxy_to(server)
     uids = [f"c{i}" for i in range(200)]
@@ -161,7 +163,7 @@ def test_200_ack_clients_churning_during_20000_messages(make_server, proxy_to, r
             proxied.add(id(tab))
         tabs_by_uid[uid].append(tab)
         live[uid] = tab
-        reply = tab.identify({"uid": uid, "ack": True}, timeout=30)
+        reply = tab.identify({"uid": uid, "ack": ack}, timeout=30)
         assert reply == {"ok": True, "uid": uid}, reply
         return tab
 

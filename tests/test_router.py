@@ -7,13 +7,12 @@ socket of the user is still open there."""
 from __future__ import annotations
 
 import random
-from itertools import count
 
 import pytest
 
 from rm_flask.cluster import Route
 from rm_flask.router import Action, decide
-from tests.support.views import Events, joined
+from tests.support.views import joined, random_events
 
 CALM = {"opening": False, "holds": False, "live": True}
 
@@ -50,21 +49,9 @@ def test_across_processes_each_message_is_queued_once_or_taken_by_every_holder()
     taken (sent, held, or kept to be given back) by every process holding a socket."""
     rng = random.Random(11)
     views = [joined(me, ["A", "B", "C"]) for me in "ABC"]
-    event = Events(*views)
     uids = [f"u{i}" for i in range(12)]
-    sids = count()
     taken_by = {Action.SEND, Action.HOLD, Action.KEEP}
-    for _ in range(400):
-        uid, server = rng.choice(uids), rng.choice("ABC")
-        socks = views[0].sockets.get(uid, [])
-        roll = rng.random()
-        if roll < 0.45:
-            event("on", server, c=f"s{next(sids)}", u=uid, x=[], d=int(not socks))
-        elif roll < 0.8 and socks:
-            gone_server, sid = rng.choice(socks)
-            event("off", gone_server, c=sid, u=uid, r=0)
-        elif uid in views[0].draining:
-            event("ending", views[0].home(uid) or server, u=[uid], w=[], e=0)
+    for _ in random_events(views, uids, 400, seed=11):
         for u in uids:
             holders = {s for s, _ in views[0].sockets.get(u, [])}
             actions = {}

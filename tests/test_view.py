@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import random
 import time
-from itertools import count
 
 from rm_flask.cluster import LATER_REDO_WAIT, RECOVERY_WAIT, View
 from rm_flask.cluster_events import parse
 from rm_flask.sequence import message_id
-from tests.support.views import Events, joined, wire
+from tests.support.views import Events, joined, random_events, wire
 
 
 def test_every_process_agrees_on_the_owner_and_a_join_moves_only_what_it_wins():
@@ -161,24 +159,9 @@ def test_a_draining_user_is_queued_behind_the_drain_by_the_owner_only():
 def test_every_process_decides_the_same_through_any_sequence_of_events():
     """Random identifies, leaves, drains and a death: at every point, the views agree on
     every user's route, and each message has exactly one queuer or at least one sender."""
-    rng = random.Random(7)
     views = [joined(me, ["A", "B", "C"]) for me in "ABC"]
-    event = Events(*views)
     uids = [f"u{i}" for i in range(12)]
-    sids = count()
-    for step in range(400):
-        uid, server = rng.choice(uids), rng.choice(views[0].servers)
-        socks = views[0].sockets.get(uid, [])
-        roll = rng.random()
-        if step == 250:
-            event("down", "A")  # its sockets go with it
-        elif roll < 0.45:
-            event("on", server, c=f"s{next(sids)}", u=uid, x=[], d=int(not socks))
-        elif roll < 0.8 and socks:
-            gone_server, sid = rng.choice(socks)
-            event("off", gone_server, c=sid, u=uid, r=0)
-        elif uid in views[0].draining:
-            event("ending", views[0].home(uid) or server, u=[uid], w=[], e=0)
+    for step in random_events(views, uids, 400, seed=7, death_at=250):
         live = [view for view in views if view.me in views[0].servers]
         for u in uids:
             queue, deliver = handlers(live, u)

@@ -128,7 +128,8 @@ window.fakeIo = function (url, options) {
     timeout: function () { return socket; },
     emit: function (name, data, callback) {
       socket.sent.push([name, data]);
-      callback(null, { ok: true, uid: typeof data === "string" ? data.split(":")[0] : data.uid });
+      var uid = typeof data === "string" ? data.split(":")[0] : data.uid;
+      if (callback) callback(null, { ok: true, uid: uid });
     },
     disconnect: function () { socket.closed = true; socket.active = false; },
     fire: function (name) { handlers[name].apply(null, Array.prototype.slice.call(arguments, 1)); }
@@ -147,7 +148,7 @@ def test_library_api_with_a_stand_in_socket(new_page, demo_server):
     page.goto(url)
     result = page.evaluate("""() => {
       var events = [], got = [];
-      var rm = new RedMessenger("http://example.test/rm", { uid: "kim", key: "k", io: fakeIo });
+      var rm = new RedMessenger("http://example.test/rm", { uid: "kim", key: "k", ack: true, io: fakeIo });
       ["connected", "identified", "error", "disconnected"].forEach(function (name) {
         rm.on(name, function (detail) { events.push([name, detail && (detail.code || detail.uid)]); });
       });
@@ -176,7 +177,7 @@ def test_library_api_with_a_stand_in_socket(new_page, demo_server):
       var rm = new RedMessenger("http://example.test/rm", "lee", "k2");
       return [rm.uid, rm.key, rm.ack];
     }""")
-    assert seed_form == ["lee", "k2", True]
+    assert seed_form == ["lee", "k2", "batch"]
     plain = page.evaluate("""() => {
       new RedMessenger("http://example.test/rm", { uid: "lee", key: "k2", ack: false, io: fakeIo });
       socket.fire("connect");
@@ -188,6 +189,48 @@ def test_library_api_with_a_stand_in_socket(new_page, demo_server):
       try { new RedMessenger("http://example.test/rm", {}); } catch (e) { return e.message; }
     }""")
     assert re.search(r"uid is required", errors)
+
+
+def test_batch_acks_by_default_with_a_stand_in_socket(new_page, demo_server):
+    """Messages come without an ack id; the ids go back in `ack` events, at 100 ids at once
+    or 50 ms after the first, duplicates included; what a disconnect cut is not sent."""
+    page = new_page(wait_identified=False)
+    url = demo_server.url + "/harness.html"
+    serve(page, url, LIBRARY_HARNESS)
+    page.goto(url)
+    page.evaluate("""() => {
+      window.rm = new RedMessenger("http://example.test/rm", { uid: "kim", io: fakeIo });
+      window.got = [];
+      rm.onMessage = function (message) { got.push(message.id); };
+      socket.fire("connect");
+      var fire = function (id) {
+        socket.fire("message", { id: id, source: "rm.users.kim", timestamp: 1, bubble: false, payload: "" });
+      };
+      for (var i = 0; i < 100; i++) fire("a" + i);
+      window.afterHundred = socket.sent.length;
+      fire("b0"); fire("b0"); fire("b1");
+    }""")
+    page.wait_for_function("socket.sent.length === 3", timeout=5_000)
+    result = page.evaluate("""() => {
+      socket.fire("message", { id: "c0", source: "rm.users.kim", timestamp: 1, bubble: false, payload: "" });
+      socket.fire("disconnect", "transport close");
+      socket.fire("connect");  // back: it identifies again, and acknowledges what comes now
+      socket.fire("message", { id: "d0", source: "rm.users.kim", timestamp: 1, bubble: false, payload: "" });
+    }""")
+    page.wait_for_function("socket.sent.length === 5", timeout=5_000)
+    result = page.evaluate("() => ({ sent: socket.sent, afterHundred: afterHundred, got: got })")
+    assert result["sent"][0] == ["identifier", {"uid": "kim", "ack": "batch"}]
+    assert result["afterHundred"] == 2, "100 ids go at once"
+    assert result["sent"][1] == ["ack", [f"a{i}" for i in range(100)]]
+    assert result["sent"][2] == ["ack", ["b0", "b0", "b1"]], "a duplicate is acknowledged again"
+    assert result["got"][-4:] == ["b0", "b1", "c0", "d0"], "but passed on once"
+    assert result["sent"][3:] == [["identifier", {"uid": "kim", "ack": "batch"}], ["ack", ["d0"]]], \
+        "an ack cut by the disconnect is not sent"
+    bad = page.evaluate("""() => {
+      try { new RedMessenger("http://example.test/rm", { uid: "x", ack: "yes" }); }
+      catch (e) { return e.message; }
+    }""")
+    assert "options.ack" in bad
 
 
 def test_falls_back_to_long_polling_when_websockets_are_refused(new_page, demo_server, r):

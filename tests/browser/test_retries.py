@@ -269,9 +269,9 @@ def test_get_token_is_called_before_every_identify(new_page, demo_server):
       return { sent: socket.sent, calls: calls, errors: errors, stateAfterFailure: state, state: rm.state };
     }""")
     assert result["sent"] == [
-        {"uid": "kai", "ack": True, "token": "token-kai-1"},
-        {"uid": "kai", "ack": True, "token": "token-kai-2"},
-        {"uid": "kai", "ack": True, "token": "token-kai-4"},
+        {"uid": "kai", "ack": "batch", "token": "token-kai-1"},
+        {"uid": "kai", "ack": "batch", "token": "token-kai-2"},
+        {"uid": "kai", "ack": "batch", "token": "token-kai-4"},
     ]
     assert result["calls"] == 4 and result["errors"] == ["token_error"]
     assert result["stateAfterFailure"] == "retrying" and result["state"] == "identified"

@@ -48,7 +48,12 @@ class RMClient:
 
     In ack mode it acknowledges each message unless `auto_ack` is off (then it holds them,
     like a tab that stalls), and `ack_limit` makes it stop acknowledging after that many.
+    Identified with `"ack": "batch"`, it acknowledges with `ack` events instead, as the JS
+    client does: the ids of what it handled, every `BATCH_EVERY` seconds or `BATCH_IDS` ids.
     """
+
+    BATCH_EVERY = 0.05
+    BATCH_IDS = 100
 
     def __init__(self, url: str, namespace: str = NAMESPACE, auto_ack: bool = True,
                  ack_limit: int | None = None, transports: list[str] | None = None,
@@ -68,6 +73,9 @@ class RMClient:
         self.closing = False
         self.errors: list[dict[str, Any]] = []
         self.disconnected = threading.Event()
+        self.batch = False  # acknowledges with `ack` events (set by identifying so)
+        self._unacked: list[str] = []  # batch mode: ids handled, not sent in an `ack` yet
+        self._batch_due = threading.Event()
         self._lock = threading.Lock()
         # http_session: the requests.Session that long-polling uses (None: its own)
         self.sio = _Client(reconnection=False, http_session=http_session)
@@ -83,10 +91,37 @@ class RMClient:
         with self._lock:
             self.messages.append(envelope)
             self.arrived_at.append(time.monotonic())
+            if self.batch and self._may_ack():
+                self.acked += 1
+                self._unacked.append(envelope.get("id"))
+                if len(self._unacked) >= self.BATCH_IDS:
+                    self._batch_due.set()
+
+    def _may_ack(self) -> bool:
+        return self.auto_ack and (self.ack_limit is None or self.acked < self.ack_limit)
+
+    def _batch_acks(self) -> None:
+        """Batch mode: send what was handled, every BATCH_EVERY or at BATCH_IDS ids."""
+        while not self.disconnected.is_set():
+            self._batch_due.wait(self.BATCH_EVERY)
+            self._batch_due.clear()
+            with self._lock:
+                ids, self._unacked = self._unacked, []
+                closing = self.closing
+            if not ids or closing:
+                continue
+            try:
+                self.sio.emit("ack", ids, namespace=self.namespace)
+            except Exception:
+                return
+            now = time.monotonic()
+            with self._lock:
+                for msg_id in ids:
+                    self.acked_ids[msg_id] = now
 
     def _hold_ack(self, pkt: Any) -> bool:
         with self._lock:
-            if not self.auto_ack or (self.ack_limit is not None and self.acked >= self.ack_limit):
+            if not self._may_ack():
                 return True
             self.acked += 1
             return False
@@ -109,10 +144,18 @@ class RMClient:
         return self
 
     def identify(self, identifier: Any, timeout: float = 10) -> Any:
+        self._mode(identifier)
         return self.sio.call("identifier", identifier, namespace=self.namespace, timeout=timeout)
 
     def emit_identify(self, identifier: Any) -> None:
+        self._mode(identifier)
         self.sio.emit("identifier", identifier, namespace=self.namespace)
+
+    def _mode(self, identifier: Any) -> None:
+        batch = isinstance(identifier, dict) and identifier.get("ack") == "batch"
+        if batch and not self.batch:
+            threading.Thread(target=self._batch_acks, daemon=True).start()
+        self.batch = batch
 
     def received(self) -> list[tuple[float, dict[str, Any]]]:
         """(when it arrived, envelope) for every message, in arrival order."""
