@@ -121,17 +121,21 @@ def init_app(socketio: SocketIO, service: Service) -> None:
         metrics.identified.inc()
         return {"ok": True, "uid": uid}
 
-    @socketio.on("ack", namespace=namespace)
-    def ack(ids: Any = None) -> None:
+    def ack(sid: str, ids: Any = None, *_: Any) -> None:
         # Batch acks (SPEC §4); taken from any socket that acknowledges, so that one that
         # switched modes can still acknowledge what it was sent before.
-        conn = registry.get(request.sid)
+        conn = registry.get(sid)
         if conn is None or conn.uid is None or not conn.ack:
             return
         if not isinstance(ids, list):
             log.warning("Ignoring an ack from %s: not a list of ids", conn.address)
             return
         delivery.acked_many(conn.uid, conn.sid, ids[:MAX_ACK_IDS])
+
+    # On python-socketio's server itself, not through Flask-SocketIO's `on`: an ack needs
+    # no Flask request context, and making one per event cost more than the ack (a tab
+    # that gets a message every few hundred ms sends an `ack` for each).
+    socketio.server.on("ack", ack, namespace=namespace)
 
     @socketio.on("disconnect", namespace=namespace)
     def disconnect(reason: Any = None) -> None:
