@@ -102,7 +102,9 @@ class Listener:
                                 self.on_messages(batch)
                             finally:
                                 self._handling = False
-                    if self.stopped.is_set():
+                    # Stopping: go on reading until Redis has confirmed the unsubscribe
+                    # (`listen` ends then); what it sent before that reply is ours.
+                    if self.stopped.is_set() and not pubsub.subscribed:
                         break
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 if self.subscribed or self._down_since is None:
