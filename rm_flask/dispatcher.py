@@ -330,7 +330,8 @@ class Dispatcher:
             sends: list[tuple[User, Message, bool, str | None]] = []
             queued: list[str] = []
             for uid, incoming, route in ours:
-                user = self.registry.user(uid)
+                # Queued by its owner: neither the user's phase here nor their tabs matter.
+                user = self.registry.user(uid) if route.queue_by is None else None
                 live = user.live() if user is not None else []
                 action = decide(route, me, opening=opening, holds=user is not None and user.phase.holds,
                                 live=bool(live))
