@@ -484,19 +484,27 @@ class Dispatcher:
                 log.info("%s: more than %d sockets open, closing the oldest (%s)",
                          uid, self.registry.user_conn_limit, old.address)
                 self.transport.disconnect(old)
+        # Every process reads this event at the same point, with the same view: whether
+        # another process drains the user now is known alike to it and to the tab's.
+        home = self.view.home(uid)
+        drained_elsewhere = uid in self.view.draining and home is not None and home != event.server
         if event.server == self.me:
             conn = self.registry.get(event.sid)
             if conn is not None and conn.announced == uid and conn.uid is None:
                 with self.registry.user_lock(uid):
                     user = self.registry.join(conn, uid)
                     self.delivery.replay(user, conn)
-        else:
+                    # The home's copies published before it reads this event are in its
+                    # replay too: only the replay is written, or they would come twice.
+                    conn.awaits_replay = drained_elsewhere
+        elif drained_elsewhere and home == self.me:
             # A tab on another process joins a user whose queue we drain: it gets what
-            # the drain sent so far, as `_replay` does for a tab here.
+            # the drain sent so far, as `Delivery.replay` does for a tab here. Sent even
+            # when empty: that tab takes none of our copies until it has it.
             user = self.registry.user(uid)
-            if user is not None and user.phase is Phase.DRAINING and user.drain_log:
-                with self.registry.user_lock(uid):
-                    self._copy_drained(uid, list(user.drain_log), to=event.sid)
+            with self.registry.user_lock(uid):
+                sent = list(user.drain_log) if user is not None else []
+                self._copy_drained(uid, sent, to=event.sid)
         if event.first:
             self._began(uid, event.seq)
 
@@ -533,8 +541,13 @@ class Dispatcher:
         """Users whose oldest socket changed server mid-drain: the new home drains on
         (also the end of one, which its tabs here were waiting for)."""
         for uid, before in homes.items():
+            user = self.registry.user(uid)
+            if user is not None and self.view.home(uid) != before:
+                # The process whose replay they waited for drains no more: what the next
+                # one sends, as copies or itself, they take.
+                for conn in user.conns:
+                    conn.awaits_replay = False
             if self.view.home(uid) == self.me != before:
-                user = self.registry.user(uid)
                 if uid in self.view.draining or (user is not None and user.phase.holds):
                     self.drains.start(uid)
 
@@ -570,20 +583,26 @@ class Dispatcher:
         to = event.to
         with self.registry.user_lock(uid):
             channel, bubble = names.user_channel(uid), self.delivery.bubble(uid)
+            if to:
+                conns = [c for c in user.live() if c.sid == to]
+                for conn in conns:
+                    conn.awaits_replay = False
+            else:
+                conns = [c for c in user.live() if not c.awaits_replay]
             for raw in event.messages:
                 msg, _ = Message.from_queue(raw.encode("utf-8", "surrogateescape"), channel)
-                for conn in user.live():
-                    if not to or conn.sid == to:
-                        self.delivery.write(user, conn, msg, conn.sid == bubble)
+                for conn in conns:
+                    self.delivery.write(user, conn, msg, conn.sid == bubble)
             if event.over and user.phase is Phase.FOLLOWING:
                 self.drains.release_held(user)
                 if user.leftover and not user.live():
                     self.spawn(self.sessions.return_leftover, uid)
 
     def _copy_drained(self, uid: str, messages: list[Message], over: bool = False, to: str = "") -> None:
-        """Send what our drain sent to the user's sockets on other processes, if any."""
+        """Send what our drain sent to the user's sockets on other processes, if any (a
+        replay, `to` one socket, is sent even empty: that socket waits for it)."""
         socks = self.view.sockets.get(uid, ())
-        if any(server != self.me for server, _ in socks) and (messages or over):
+        if any(server != self.me for server, _ in socks) and (messages or over or to):
             retrying(f"copying the drain of {uid}",
                      partial(self.cluster.copy, uid, [m.stored for m in messages], over, to))
 
@@ -628,4 +647,3 @@ class Dispatcher:
             user = self.registry.user(uid)
             if user is not None and user.phase.runs:
                 user.drain_wakeup.set()
-

@@ -36,6 +36,9 @@ class Conn:
     # without a Socket.IO ack id.
     batch: bool = False
     closing: bool = False  # cut off (too slow): gets nothing more while its close completes
+    # Joined mid-drain while another process drains the user's queue: that process's
+    # copies wait for its replay to this socket, which holds them already.
+    awaits_replay: bool = False
 
 
 @dataclass(eq=False)
