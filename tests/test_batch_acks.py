@@ -7,12 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.accounting import queued_payloads
+from tests.support.accounting import in_flight_count, queued_payloads
 from tests.support.processes import wait_until
-
-
-def inflight(r, uid) -> int:
-    return sum(r.zcard(key) for key in r.scan_iter(f"rm:inflight:*:{uid}"))
 
 
 def publish(r, uid, payloads) -> None:
@@ -27,7 +23,7 @@ def test_a_batch_tab_gets_everything_in_order_and_leaves_nothing_in_flight(r, se
     sent = [f"m{n}" for n in range(500)]
     publish(r, uid, sent)
     assert [m["payload"] for m in tab.wait_for(500)] == sent
-    wait_until(lambda: inflight(r, uid) == 0, 10, "every message acknowledged in batches")
+    wait_until(lambda: in_flight_count(r, uid) == 0, 10, "every message acknowledged in batches")
     assert queued_payloads(r, uid) == []
 
 
@@ -38,7 +34,7 @@ def test_what_a_batch_tab_did_not_acknowledge_comes_back_once_with_its_id(r, ser
     sent = [f"m{n}" for n in range(300)]
     publish(r, uid, sent)
     first = tab.wait_for(300)
-    wait_until(lambda: inflight(r, uid) == 180, 10, "the 120 acknowledged settled")
+    wait_until(lambda: in_flight_count(r, uid) == 180, 10, "the 120 acknowledged settled")
     tab.drop()
     wait_until(lambda: len(queued_payloads(r, uid)) == 180, 15, "the rest given back")
     assert queued_payloads(r, uid) == sent[120:]
@@ -46,7 +42,7 @@ def test_what_a_batch_tab_did_not_acknowledge_comes_back_once_with_its_id(r, ser
     back = again.wait_for(180)
     assert [m["payload"] for m in back] == sent[120:]
     assert [m["id"] for m in back] == [m["id"] for m in first[120:]], "the same ids"
-    wait_until(lambda: inflight(r, uid) == 0 and not queued_payloads(r, uid), 10, "all delivered")
+    wait_until(lambda: in_flight_count(r, uid) == 0 and not queued_payloads(r, uid), 10, "all delivered")
 
 
 @pytest.mark.parametrize("bad", [None, "x", 7, {"ids": []}, [None, 3, ["a"], {"b": 1}], ["nope"] * 2000])
@@ -56,7 +52,7 @@ def test_ack_events_of_any_shape_harm_nothing(r, server, clients, uid, bad):
     got = tab.wait_for(2)
     tab.sio.emit("ack", bad, namespace=tab.namespace)
     tab.sio.emit("ack", [got[1]["id"]], namespace=tab.namespace)  # then a good one
-    wait_until(lambda: inflight(r, uid) == 1, 10, "the good ack settled its one message")
+    wait_until(lambda: in_flight_count(r, uid) == 1, 10, "the good ack settled its one message")
     assert tab.sio.connected and "Traceback" not in server.log()
 
 
@@ -71,9 +67,9 @@ def test_a_tab_cannot_acknowledge_what_only_another_tab_was_sent(r, server, clie
     other.sio.emit("ack", [msg_id.replace(".", ":")], namespace=other.namespace)
     publish(r, uid, ["ping"])
     other.wait_for(2)
-    assert inflight(r, uid) == 2, "an unknown id settled nothing"
+    assert in_flight_count(r, uid) == 2, "an unknown id settled nothing"
     other.sio.emit("ack", [msg_id], namespace=other.namespace)
-    wait_until(lambda: inflight(r, uid) == 1, 10, "the id it holds settled")
+    wait_until(lambda: in_flight_count(r, uid) == 1, 10, "the id it holds settled")
 
 
 def test_switching_between_batch_and_per_message_acks_keeps_every_message(r, server, clients, uid):
@@ -84,4 +80,4 @@ def test_switching_between_batch_and_per_message_acks_keeps_every_message(r, ser
     publish(r, uid, [f"e{n}" for n in range(50)])
     got = tab.wait_for(100)
     assert [m["payload"] for m in got] == [f"b{n}" for n in range(50)] + [f"e{n}" for n in range(50)]
-    wait_until(lambda: inflight(r, uid) == 0, 10, "both kinds acknowledged")
+    wait_until(lambda: in_flight_count(r, uid) == 0, 10, "both kinds acknowledged")

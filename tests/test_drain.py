@@ -7,6 +7,7 @@ from collections import Counter
 
 import redis
 
+from tests.support.accounting import queued_payloads
 from tests.support.processes import wait_until
 
 
@@ -15,12 +16,6 @@ def publish_all(r: redis.Redis, channel: str, payloads: list[str]) -> None:
     for payload in payloads:
         pipe.publish(channel, payload)
     pipe.execute()
-
-
-def queued(r: redis.Redis, uid: str) -> list[str]:
-    import json
-
-    return [json.loads(raw)["payload"] for raw in r.lrange(f"rm:users:{uid}:messages", 0, -1)]
 
 
 def account(expected: list[str], received: list[str], still_queued: list[str]) -> dict[str, int]:
@@ -61,7 +56,7 @@ def test_drain_race_600_in_order_20_rounds(server, clients, r, uid, summary):
         thread.join(10)
         tab.wait_for(600, timeout=20)
         got = tab.payloads()
-        counts = account(first + later, got, queued(r, user))
+        counts = account(first + later, got, queued_payloads(r, user))
         counts["in_order"] = got == first + later
         report.append(counts)
         assert counts["lost"] == 0 and counts["duplicated"] == 0, counts
@@ -119,7 +114,7 @@ def test_ack_client_dropping_after_10_of_1000_loses_nothing(server, clients, r, 
     stalling.drop()
     # What it acknowledged is gone from Redis; the rest went back to the head, in order.
     wait_until(lambda: r.llen(f"rm:users:{uid}:messages") == 990, 10, "990 recommitted")
-    assert queued(r, uid) == expected[10:]
+    assert queued_payloads(r, uid) == expected[10:]
     assert "recommitting" in server.log()
     summary(**comes_back_for_the_990(server, clients, r, uid, expected, stalling, "ack drop"))
 
@@ -128,7 +123,7 @@ def comes_back_for_the_990(server, clients, r, uid, expected, stalling, what):
     """The user identifies again and gets the 990 it had not acknowledged, once, in order."""
     tab = clients(server.url, {"uid": uid, "ack": True})
     tab.wait_for(990)
-    counts = account(expected, stalling.payloads()[:10] + tab.payloads(), queued(r, uid))
+    counts = account(expected, stalling.payloads()[:10] + tab.payloads(), queued_payloads(r, uid))
     first_ids = {m["payload"]: m["id"] for m in stalling.messages}
     again = [m for m in tab.messages if m["payload"] in first_ids]
     changed = [m["payload"] for m in again if m["id"] != first_ids[m["payload"]]]

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import time
 
+from tests.support.accounting import in_flight_count
 from tests.support.processes import wait_until
 from tests.test_drain import comes_back_for_the_990, stall_after_10_of_1000
 
 
 def undelivered(r, uid: str) -> int:
     """`uid`'s messages in Redis not yet delivered: queued, or in flight on any server."""
-    return r.llen(f"rm:users:{uid}:messages") + sum(r.zcard(k) for k in r.scan_iter(f"rm:inflight:*:{uid}"))
+    return r.llen(f"rm:users:{uid}:messages") + in_flight_count(r, uid)
 
 
 def wait_for_the_10_acks(r, uid: str) -> None:

@@ -33,7 +33,7 @@ import pytest
 import redis
 import requests
 
-from tests.support.accounting import Stream
+from tests.support.accounting import Stream, queued_payloads
 from tests.support.clients import RMClient
 from tests.support.processes import ServerProcess, start_redis, wait_until
 
@@ -154,10 +154,6 @@ def sample_queues(rig: Rig, uids: list[str], stop: threading.Event) -> None:
             pass  # Redis is down for the fault: sample again later
 
 
-def queued(r: redis.Redis, uid: str) -> list[str]:
-    return [json.loads(raw)["payload"] for raw in r.lrange(f"rm:users:{uid}:messages", 0, -1)]
-
-
 def in_flight(r: redis.Redis) -> dict[str, set[str]]:
     """uid -> payloads taken for delivery and not yet acknowledged, on any server."""
     out: dict[str, set[str]] = {}
@@ -230,7 +226,7 @@ def run_transition(fault: str, processes: int, tmp_path: Path, logs_dir: Path) -
             out = {}
             taken = in_flight(r)
             for uid in online + offline:
-                have = set(received(uid)) | set(queued(r, uid)) | taken.get(uid, set())
+                have = set(received(uid)) | set(queued_payloads(r, uid)) | taken.get(uid, set())
                 out[uid] = {p for p in stream.owed.get(uid, []) if p not in have}
             return out
 
@@ -249,7 +245,7 @@ def run_transition(fault: str, processes: int, tmp_path: Path, logs_dir: Path) -
         gone = missing()
         lost = sum(len(m - excusable) for m in gone.values())
         deleted = sum(len(m & excusable) for m in gone.values())
-        both = sum(1 for uid in online + offline for p in set(received(uid)) & set(queued(r, uid)))
+        both = sum(1 for uid in online + offline for p in set(received(uid)) & set(queued_payloads(r, uid)))
         late = dup = 0
         late_examples: list[tuple[str, str, str]] = []
         for uid in online:

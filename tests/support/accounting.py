@@ -59,6 +59,11 @@ def queued_payloads(r: redis.Redis, uid: str) -> list[str]:
     return [json.loads(raw)["payload"] for raw in r.lrange(f"rm:users:{uid}:messages", 0, -1)]
 
 
+def in_flight_count(r: redis.Redis, uid: str) -> int:
+    """`uid`'s messages taken for delivery and not yet acknowledged, on any server."""
+    return sum(r.zcard(key) for key in r.scan_iter(f"rm:inflight:*:{uid}"))
+
+
 def account(stream: Stream, received: dict[str, list[str]], r: redis.Redis) -> dict[str, Any]:
     """Each owed message is received or queued; lost must be 0. Order is checked per uid."""
     totals = Counter()
