@@ -168,7 +168,7 @@ class RMClient:
 
     def wait_for(self, count: int, timeout: float = 20) -> list[dict[str, Any]]:
         wait_until(lambda: len(self.messages) >= count, timeout,
-                   f"{count} messages (have {len(self.messages)})")
+                   lambda: f"{count} messages (have {len(self.messages)})")
         return list(self.messages)
 
     def flush(self, timeout: float = 2) -> None:
