@@ -500,9 +500,8 @@ def test_300_ack_clients_churning_over_3_servers_during_20000_messages(make_serv
     assert queued_for_online == 0, "every user is online: every queue drains"
     # Issue #10, open: with tabs vanishing, a queue was seen out of order for a while (in 1
     # to 24 samples of about 49, in 4 of 7 runs, on the code before and after 2026-12-02's
-    # drain fix):
-    # two give-backs for one user, each to the queue's head, can land in the wrong order.
-    # Said, with the figures, once everything above has held.
+    # drain fix). Two give-backs for one user, each to the queue's head, can land in the
+    # wrong order. Said, with the figures, once everything above has held.
     if queues["queues_out_of_order"]:
         pytest.xfail(f"issue #10: a queue out of order in {queues['queues_out_of_order']} of "
                      f"{queues['queue_samples']} samples after tabs vanished: {sampler.disordered[:3]}")
