@@ -12,7 +12,7 @@ import time
 from functools import partial
 from typing import Any
 
-from . import envelope
+from . import envelope, sequence
 from .acks import Settler
 from .cluster import View
 from .envelope import Message
@@ -74,6 +74,9 @@ class Delivery:
 
     def write(self, user: User, conn: Conn, msg: Message, bubble: bool) -> bool:
         """Write `msg` to one socket; False if that socket is too slow and is cut off."""
+        if conn.awaiting:
+            conn.held_writes.append(msg)  # behind the replays it awaits (`caught_up`)
+            return True
         callback = partial(self.acked, user.uid, conn.sid, msg.id) if conn.ack and not conn.batch else None
         if self.transport.send(conn, msg, bubble, callback):
             return True
@@ -93,16 +96,22 @@ class Delivery:
         self.transport.disconnect(conn)
         return False
 
-    def replay(self, user: User, conn: Conn) -> None:
-        """Bring a socket that joins an online user up to date, in order.
-
-        Unacknowledged messages the other tabs hold come first (all older than the drain,
-        since live messages are queued while one runs), then what the running drain sent.
-        """
+    def owed_to_new_tab(self, user: User) -> list[Message]:
+        """What a socket that joins an online user is sent before anything newer, oldest
+        first: what the user's tabs here hold unacknowledged, or held when they left (it
+        goes back to the queue once every process has read that they left: a tab that
+        replaces one gets it first, rather than after newer messages), then what the
+        running drain sent (live messages are queued while one runs: all of it is older)."""
         drained = {m.id for m in user.drain_log}
-        older = [p.message for p in user.pending.values() if p.message.id not in drained]
-        bubble = self.bubble(user.uid)
-        for msg in older + user.drain_log:
+        older = [p.message for p in user.pending.values()]
+        older += [p.message for held in user.leaving.values() for p in held]
+        older += user.leftover
+        return [m for m in sequence.in_sequence(older, self.view.era) if m.id not in drained] + user.drain_log
+
+    def replay(self, user: User, conn: Conn) -> None:
+        """Bring a socket that joins an online user up to date, in order (lock held)."""
+        bubble = conn.sid == self.bubble(user.uid)
+        for msg in self.owed_to_new_tab(user):
             pending = user.pending.get(msg.id)
             if pending is not None:
                 if conn.ack:
@@ -111,7 +120,17 @@ class Delivery:
                     del user.pending[msg.id]
                     self.metrics.delivered.inc()
                     self.settler.settle(user.uid, [msg.stored])
-            self.write(user, conn, msg, conn.sid == bubble)
+            self.write(user, conn, msg, bubble)
+
+    def caught_up(self, user: User, conn: Conn) -> None:
+        """The replays a socket awaited are in (or overdue): it gets them, and what was
+        sent to it meanwhile, in sequence order, each id once (lock held)."""
+        due = sequence.in_sequence(conn.replayed + conn.held_writes, self.view.era)
+        conn.awaiting, conn.replayed, conn.held_writes = set(), [], []
+        bubble = conn.sid == self.bubble(user.uid)
+        for msg in due:
+            if not self.write(user, conn, msg, bubble):
+                return
 
     def acked(self, uid: str, sid: str, msg_id: str, *_: Any) -> None:
         """A socket acknowledged a message: it is delivered, for every socket of the user.

@@ -45,7 +45,7 @@ from .envelope import Message
 from .listener import SUBSCRIBED_HERE
 from .metrics import Metrics
 from .recovery import Recovery, Seen
-from .registry import Phase, Registry, User
+from .registry import Conn, Phase, Registry, User
 from .retry import retrying
 from .router import Action, decide
 from .sequence import Incoming, Position, tail_count
@@ -55,6 +55,10 @@ from .transport import Transport
 
 log = logging.getLogger("rm_flask")
 
+# Seconds a socket that joined waits for the other processes' replays before it is sent
+# what is newer anyway (they read its `on` when we did: only a paused or failing one
+# takes longer).
+REPLAY_WITHIN = 3.0
 SUSPENDED_AFTER = 8.0  # seconds without housekeeping after which we ask whether we were declared dead
 
 
@@ -484,27 +488,26 @@ class Dispatcher:
                 log.info("%s: more than %d sockets open, closing the oldest (%s)",
                          uid, self.registry.user_conn_limit, old.address)
                 self.transport.disconnect(old)
-        # Every process reads this event at the same point, with the same view: whether
-        # another process drains the user now is known alike to it and to the tab's.
-        home = self.view.home(uid)
-        drained_elsewhere = uid in self.view.draining and home is not None and home != event.server
+        # Every process reads this event at the same point, with the same view: which
+        # other processes hold the user's sockets (each replays to this one what they
+        # hold for the user) is known alike to them and to the tab's.
+        others = {server for server, _ in self.view.sockets.get(uid, ()) if server != event.server}
         if event.server == self.me:
             conn = self.registry.get(event.sid)
             if conn is not None and conn.announced == uid and conn.uid is None:
                 with self.registry.user_lock(uid):
                     user = self.registry.join(conn, uid)
+                    # What the others' replays hold is older than what we send it now.
+                    conn.awaiting, conn.awaiting_since = others, time.monotonic()
                     self.delivery.replay(user, conn)
-                    # The home's copies published before it reads this event are in its
-                    # replay too: only the replay is written, or they would come twice.
-                    conn.awaits_replay = drained_elsewhere
-        elif drained_elsewhere and home == self.me:
-            # A tab on another process joins a user whose queue we drain: it gets what
-            # the drain sent so far, as `Delivery.replay` does for a tab here. Sent even
-            # when empty: that tab takes none of our copies until it has it.
-            user = self.registry.user(uid)
+        elif self.me in others:
+            # Sent even when empty: that tab takes nothing until it has it. What our tabs
+            # hold unacknowledged would otherwise reach it only if they leave (given
+            # back, through the queue), after newer messages.
             with self.registry.user_lock(uid):
-                sent = list(user.drain_log) if user is not None else []
-                self._copy_drained(uid, sent, to=event.sid)
+                user = self.registry.user(uid)
+                owed = self.delivery.owed_to_new_tab(user) if user is not None else []
+                self._copy_drained(uid, owed, to=event.sid)
         if event.first:
             self._began(uid, event.seq)
 
@@ -534,6 +537,8 @@ class Dispatcher:
             self.hooks.declared_dead()
             return
         log.warning("Server %s is gone; %d left on this Redis", dead, len(self.view.servers))
+        for conn in [c for c in list(self.registry.conns.values()) if dead in c.awaiting]:
+            self._replayed(conn, dead, ())  # what it held comes back through the queue
         self._moved(homes)
         self.recovery.read_down(dead, event.seq)
 
@@ -542,11 +547,6 @@ class Dispatcher:
         (also the end of one, which its tabs here were waiting for)."""
         for uid, before in homes.items():
             user = self.registry.user(uid)
-            if user is not None and self.view.home(uid) != before:
-                # The process whose replay they waited for drains no more: what the next
-                # one sends, as copies or itself, they take.
-                for conn in user.conns:
-                    conn.awaits_replay = False
             if self.view.home(uid) == self.me != before:
                 if uid in self.view.draining or (user is not None and user.phase.holds):
                     self.drains.start(uid)
@@ -575,28 +575,51 @@ class Dispatcher:
                     user.hold((event.seq, owner))
 
     def _on_copy(self, event: Copy, _: Any) -> None:
-        """The home of a user's drain sent these to its sockets: ours get them too."""
+        """The home of a user's drain sent these to its sockets (ours get them too), or
+        another process replays to a socket here that joined what it held for the user."""
         uid = event.uid
         user = self.registry.user(uid) if event.server != self.me else None
         if user is None:
             return
-        to = event.to
+        channel = names.user_channel(uid)
+        messages = [Message.from_queue(raw.encode("utf-8", "surrogateescape"), channel)[0]
+                    for raw in event.messages]
         with self.registry.user_lock(uid):
-            channel, bubble = names.user_channel(uid), self.delivery.bubble(uid)
-            if to:
-                conns = [c for c in user.live() if c.sid == to]
-                for conn in conns:
-                    conn.awaits_replay = False
+            if event.to:
+                for conn in [c for c in user.live() if c.sid == event.to]:
+                    self._replayed(conn, event.server, messages)
             else:
-                conns = [c for c in user.live() if not c.awaits_replay]
-            for raw in event.messages:
-                msg, _ = Message.from_queue(raw.encode("utf-8", "surrogateescape"), channel)
-                for conn in conns:
-                    self.delivery.write(user, conn, msg, conn.sid == bubble)
+                bubble = self.delivery.bubble(uid)
+                for conn in [c for c in user.live() if event.server not in c.awaiting]:
+                    for msg in messages:
+                        self.delivery.write(user, conn, msg, conn.sid == bubble)
             if event.over and user.phase is Phase.FOLLOWING:
                 self.drains.release_held(user)
                 if user.leftover and not user.live():
                     self.spawn(self.sessions.return_leftover, uid)
+
+    def _replayed(self, conn: Conn, server: str, messages: Iterable[Message]) -> None:
+        """`server`'s replay to a socket that joined is in (or `server` is gone)."""
+        uid = conn.uid
+        user = self.registry.user(uid) if uid is not None else None
+        if user is None:
+            return
+        with self.registry.user_lock(uid):
+            conn.replayed.extend(messages)
+            conn.awaiting.discard(server)
+            if not conn.awaiting:
+                self.delivery.caught_up(user, conn)
+
+    def replays_overdue(self) -> None:
+        """Sockets that waited `REPLAY_WITHIN` for a replay (its process paused, or Redis
+        refused it) wait no longer: what it held comes through the queue if it is lost."""
+        cutoff = time.monotonic() - REPLAY_WITHIN
+        for conn in list(self.registry.conns.values()):
+            if conn.awaiting and conn.awaiting_since < cutoff:
+                log.warning("%s: socket %s had no replay from %s within %ss; sending on",
+                            conn.uid, conn.address, ", ".join(sorted(conn.awaiting)), REPLAY_WITHIN)
+                for server in list(conn.awaiting):
+                    self._replayed(conn, server, ())
 
     def _copy_drained(self, uid: str, messages: list[Message], over: bool = False, to: str = "") -> None:
         """Send what our drain sent to the user's sockets on other processes, if any (a

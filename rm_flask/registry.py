@@ -36,9 +36,15 @@ class Conn:
     # without a Socket.IO ack id.
     batch: bool = False
     closing: bool = False  # cut off (too slow): gets nothing more while its close completes
-    # Joined mid-drain while another process drains the user's queue: that process's
-    # copies wait for its replay to this socket, which holds them already.
-    awaits_replay: bool = False
+    # Joined while the user had sockets on other processes: each of those processes
+    # replays to it what they hold unacknowledged (and what a drain there sent), all of
+    # it older than this socket. Until every replay is in (or `REPLAY_WITHIN` passed),
+    # what is sent here waits in `held_writes`, to go after it in sequence order, and
+    # those processes' drain copies are skipped: their replays hold them.
+    awaiting: set[str] = field(default_factory=set)
+    awaiting_since: float = 0.0
+    replayed: list[Message] = field(default_factory=list)
+    held_writes: list[Message] = field(default_factory=list)
 
 
 @dataclass(eq=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
 from . import envelope
@@ -34,6 +35,29 @@ def tail_count(server: str, n: int) -> int:
 def position_text(position: Position) -> str:
     """A position as an event carries it (`ready`'s `e`)."""
     return f"{position[0]} {position[1]}"
+
+
+def in_sequence(messages: Iterable[Message], era: str) -> list[Message]:
+    """`messages` once per id, those of `era` in the order of the sequence (the place
+    their id names). The others (from an era before, or another program's, whose ids
+    name no place) keep the places they came in: how they stand to ours is unknown."""
+    unique: dict[str, Message] = {}
+    for msg in messages:
+        unique.setdefault(msg.id, msg)
+    out = list(unique.values())
+    places: dict[str, Position] = {}
+    for msg in out:
+        parts = msg.id.split(".")
+        if len(parts) == 3 and parts[0] == era:
+            try:
+                places[msg.id] = int(parts[1], 16), int(parts[2], 16)
+            except ValueError:
+                pass
+    slots = [at for at, msg in enumerate(out) if msg.id in places]
+    ours = sorted((out[at] for at in slots), key=lambda msg: places[msg.id])
+    for at, msg in zip(slots, ours, strict=True):
+        out[at] = msg
+    return out
 
 
 def parse_position(text: str | int) -> Position:

@@ -273,6 +273,7 @@ class Service:
             try:
                 self._expire_unidentified()
                 self.dispatcher.sessions.expire_unacknowledged()
+                self.dispatcher.replays_overdue()
                 self._heartbeat()
                 # Says how far our listener has read: a drain waiting on us can go on.
                 self.housekeeping_cluster.mark("ping", ref=self.dispatcher.view.seq)

@@ -24,6 +24,7 @@ from .envelope import Message
 from .metrics import Metrics
 from .registry import Conn, Pending, Registry, User
 from .retry import retrying
+from .sequence import in_sequence
 from .store import Store
 from .transport import Transport
 
@@ -123,6 +124,10 @@ class Sessions:
                 # the ack and the recommit would count it.
                 if not pending.waiting and user.pending.pop(pending.message.id, None) is not None:
                     orphans.append(pending)
+            if not conn.ack:
+                # Written as far as we counted, but still behind a replay it awaited.
+                orphans += [Pending(msg, set()) for msg in conn.held_writes]
+            conn.awaiting, conn.replayed, conn.held_writes = set(), [], []
             user.leaving[conn.sid] = orphans
             if user.phase.runs:
                 user.drain_wakeup.set()
@@ -177,6 +182,9 @@ class Sessions:
         """Give undelivered messages back to the queue, in order: every give-back's path."""
         if not messages:
             return
+        # The queue's scripts merge a give-back by place, which needs it in that order:
+        # what tabs held comes in the order it was sent, kept messages after it.
+        messages = in_sequence(messages, self.view.era)
         if log.isEnabledFor(logging.INFO):
             # One line a message, as in the seed, but not thousands in one go: that much
             # logging at once would stall every other delivery.
