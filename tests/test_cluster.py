@@ -205,6 +205,79 @@ def test_a_message_sent_live_and_again_from_the_queue_leaves_nothing_in_flight(m
         t1.close()
 
 
+def first_copies(tab: RMClient) -> list[str]:
+    return list(dict.fromkeys(p for p in tab.payloads() if not p.startswith("probe:")))
+
+
+def replacing_tab(make_server, r, uid):
+    """Tab 0 on A holds 5 messages unacknowledged (a tab whose network is about to go);
+    tab 1, its replacement, identifies on B. Returns the servers, the tabs and the five."""
+    a, b = start_servers(make_server, 2)
+    old = RMClient(a.url).connect()
+    assert old.identify(ack(uid)) == {"ok": True, "uid": uid}
+    wait_until(lambda: not r.hexists(names.DRAINING_KEY, uid), 10, "the first drain over")
+    probe(r, uid, [old])
+    old.auto_ack = False
+    held = [f"held {n}" for n in range(5)]
+    for payload in held:
+        assert r.publish(f"rm.users.{uid}", payload) == 2
+    wait_until(lambda: all(copy_of(old, p) for p in held), 10, "the five at tab 0")
+    return a, b, old, RMClient(b.url).connect(), held
+
+
+def test_a_tab_that_replaces_one_on_another_process_gets_what_that_one_held_first(
+        make_server, r, uid, summary):
+    """SPEC §5.6, a tab reconnecting elsewhere: what the old tab holds unacknowledged
+    reaches the new one before anything newer. Before, it came only once the old tab's
+    process gave it back (through the queue), after every message published meanwhile:
+    the churn test's "late after a reconnect", 0 to 195 a run."""
+    a, b, old, new, held = replacing_tab(make_server, r, uid)
+    try:
+        assert new.identify(ack(uid)) == {"ok": True, "uid": uid}
+        later = [f"later {n}" for n in range(5)]
+        for payload in later:
+            r.publish(f"rm.users.{uid}", payload)
+        wait_until(lambda: set(held + later) <= set(new.payloads()), 10,
+                   lambda: f"all ten at tab 1 (has {new.payloads()})")
+        old.drop()  # gone without a goodbye: A gives back what it held, B drains it again
+        wait_until(lambda: not r.llen(f"rm:users:{uid}:messages") and not any(
+            r.zcard(k) for k in r.scan_iter(f"rm:inflight:*:{uid}")), 10, "nothing queued or in flight")
+        again = Counter(new.payloads()) - Counter(set(new.payloads()))
+        summary(received=len(set(new.payloads())), duplicated=sum(again.values()))
+        assert first_copies(new) == held + later, "the old tab's messages first, then the newer"
+        ids = {m["payload"]: {n["id"] for n in new.messages if n["payload"] == m["payload"]}
+               for m in new.messages}
+        assert all(len(v) == 1 for v in ids.values()), "a copy sent again keeps its id"
+    finally:
+        old.close()
+        new.close()
+
+
+def test_a_tab_waits_for_a_paused_processs_replay_3_s_at_most(make_server, r, uid, summary):
+    """The process holding the old tab is paused when the new tab joins: the new tab is
+    not held for ever (3 s, `REPLAY_WITHIN`), and gets the held messages once that
+    process resumes, late but each one."""
+    a, b, old, new, held = replacing_tab(make_server, r, uid)
+    os.kill(a.process.pid, signal.SIGSTOP)
+    try:
+        assert new.identify(ack(uid)) == {"ok": True, "uid": uid}
+        joined = time.monotonic()
+        r.publish(f"rm.users.{uid}", "later")
+        wait_until(lambda: "later" in new.payloads(), 10, "the newer message, once the wait is over")
+        waited = time.monotonic() - joined
+    finally:
+        os.kill(a.process.pid, signal.SIGCONT)
+    try:
+        wait_until(lambda: set(held) <= set(new.payloads()), 10,
+                   lambda: f"the five at tab 1 once A resumed (has {new.payloads()})")
+        summary(waited_s=round(waited, 2))
+        assert 2 < waited < 8, waited
+        assert "no replay from" in b.log()
+    finally:
+        old.close()
+        new.close()
+
+
 def bubbles(tabs, payloads):
     """For each payload: the bubble flag of its copy on each tab (None: not received)."""
     return [[(copy_of(t, p) or {}).get("bubble") for t in tabs] for p in payloads]

@@ -9,7 +9,7 @@ from rm_flask.cluster import View
 from rm_flask.delivery import Delivery
 from rm_flask.envelope import Message
 from rm_flask.metrics import Metrics
-from rm_flask.registry import Conn, Registry, User
+from rm_flask.registry import Conn, Pending, Registry, User
 from tests.support.fakes import FakeStore
 
 
@@ -104,3 +104,29 @@ def test_a_joining_tab_gets_what_the_others_hold_then_what_the_drain_sent_in_ord
     assert [i for i, _ in transport.frames["late"]] == ["e.1.1", "e.1.2", "e.1.3"]
     # A plain tab took them: each is delivered now, and the ack-mode tab's ack is moot.
     assert user.pending == {} and delivered(metrics) == 3
+
+
+def test_a_joining_tab_also_gets_first_what_a_tab_that_left_held_or_was_kept_for_it():
+    """What goes back to the queue once the others read that a tab left reaches the tab
+    that replaces it first, in sequence order, not after newer messages."""
+    delivery, user, transport, _, _ = setup(("t0", True))
+    delivery.send(user, msg(3), True, None)
+    user.leaving["gone"] = [Pending(msg(1), set())]
+    user.leftover.append(msg(2))
+    late = Conn("late", "127.0.0.1:2", ack=True)
+    delivery.replay(user, late)
+    assert [i for i, _ in transport.frames["late"]] == ["e.1.1", "e.1.2", "e.1.3"]
+    assert user.pending["e.1.3"].waiting == {"t0", "late"}, "its ack counts too"
+
+
+def test_a_tab_awaiting_replays_gets_them_and_what_came_meanwhile_in_sequence_order():
+    delivery, user, transport, _, _ = setup(("t0", True))
+    tab = user.conns[0]
+    tab.awaiting = {"other"}
+    delivery.send(user, msg(5), True, None)
+    delivery.send(user, msg(4), True, None)
+    assert "t0" not in transport.frames, "nothing before the replay"
+    tab.replayed = [msg(2), msg(1), msg(4)]
+    delivery.caught_up(user, tab)
+    assert [i for i, _ in transport.frames["t0"]] == ["e.1.1", "e.1.2", "e.1.4", "e.1.5"]
+    assert not tab.awaiting and not tab.held_writes and not tab.replayed
