@@ -58,11 +58,12 @@ class Down(Event):
 
 @dataclass(frozen=True)
 class Copy(Event):
-    """What a drain sent, for the user's sockets on the other processes."""
+    """What a drain sent, for the user's sockets on the other processes; or, `to` one
+    socket that joined, what the sender held for the user (its replay)."""
 
     uid: str
     over: bool  # the drain is over: the live messages held meanwhile go now
-    to: str  # the one socket it is for (one that joined mid-drain), or "" for all
+    to: str  # the one socket it is for (one that joined), or "" for all
     messages: tuple[str, ...]  # stored envelopes
 
 
