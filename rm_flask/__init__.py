@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import redis
     from flask import Flask
 
     from .config import Config
@@ -24,6 +25,20 @@ def token_for(uid: str, ttl: int = 3600, secret: str | None = None) -> str:
     from .tokens import token_for as sign  # PyJWT imports ssl: not before gevent patches
 
     return sign(uid, ttl=ttl, secret=secret)
+
+
+def publish(client: redis.Redis, channel: str, data: bytes | str, key: str | None = None) -> str:
+    """Send `data` to `channel` through the inbox (SPEC §9), with a redis-py client;
+    returns the envelope id the message will carry.
+
+    Unlike a PUBLISH, the message waits in Redis while no RedMessenger server runs, and
+    reaches the user once one does. Raises `ValueError` (`InvalidChannel`) for a channel
+    that is not rm.users.UID, rm.channels.CID or rm.groups.CID. Two calls with the same
+    `key` within `inbox_key_ttl` send one message.
+    """
+    from .inbox import publish as add
+
+    return add(client, channel, data, key)
 
 
 def create_app(

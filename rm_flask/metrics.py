@@ -50,6 +50,23 @@ class Metrics:
         self.redis_reconnects = Counter(
             "rm_redis_reconnects", "Times the Redis subscription was re-established", registry=r
         )
+        self.inbox_forwarded = Counter(
+            "rm_inbox_forwarded", "Inbox entries this server forwarded as the inbox's reader (redos too)",
+            registry=r)
+        self.inbox_repeats = Counter(
+            "rm_inbox_repeats", "Inbox entries acknowledged unsent: their key was another entry's",
+            registry=r)
+        self.inbox_invalid = Counter(
+            "rm_inbox_invalid",
+            "Inbox entries acknowledged unsent: a field missing (fields), an unknown channel (channel), "
+            "over max_payload (too_large)",
+            ["reason"], registry=r)
+        # Set from Redis when they are read (`Service.inbox_stats`).
+        self.inbox_unhandled = Gauge(
+            "rm_inbox_unhandled", "Inbox entries not yet routed (read and unacknowledged, or unread)",
+            registry=r)
+        self.inbox_oldest = Gauge(
+            "rm_inbox_oldest_unhandled_seconds", "Age of the oldest inbox entry not yet routed", registry=r)
         self.latency = Histogram(
             "rm_delivery_latency_seconds",
             "From receipt of a PUBLISH to its emit on a socket",

@@ -133,6 +133,21 @@ DRAINING_KEY = f"{PREFIX}:cluster:draining"  # hash: uid -> event number its dra
 USER_SOCKETS_PREFIX = f"{PREFIX}:cluster:users:"
 
 
+# The inbox (SPEC §9): a stream read by every server through one consumer group. The
+# server holding the reader's lease forwards each entry into the sequence on
+# INBOX_CHANNEL (inside the apps' pattern, so that every server reads it in its place
+# among the PUBLISHes), framed with its entry id: `inbox.frame`.
+INBOX_KEY = f"{PREFIX}:inbox"
+INBOX_GROUP = PREFIX
+INBOX_CHANNEL = f"{PREFIX}.inbox"
+INBOX_READER_KEY = f"{PREFIX}:inbox:reader"  # the lease: the server id that forwards entries
+
+
+def inbox_dedupe_key(key: str) -> str:
+    """Which entry an inbox `key` was first given to, for `inbox_key_ttl` seconds."""
+    return f"{PREFIX}:inbox:keys:{key}"
+
+
 def user_sockets_key(uid: str) -> str:
     """The sorted set of `uid`'s identified sockets on every server, oldest first."""
     return f"{USER_SOCKETS_PREFIX}{uid}"

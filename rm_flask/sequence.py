@@ -70,22 +70,23 @@ class Incoming:
     if a socket or queue here needs it: with several servers, most messages are for
     users of another, and reading their channel is all this one does."""
 
-    __slots__ = ("channel", "data", "era", "seq", "count", "received_ms", "_message")
+    __slots__ = ("channel", "data", "era", "seq", "count", "received_ms", "msg_id", "_message")
 
     def __init__(self, channel: str, data: bytes, era: str, seq: int, count: int,
-                 received_ms: int | None = None) -> None:
+                 received_ms: int | None = None, msg_id: str | None = None) -> None:
         self.channel = channel
         self.data = data
         self.era, self.seq, self.count = era, seq, count
         self.received_ms = int(time.time() * 1000) if received_ms is None else received_ms
+        self.msg_id = msg_id  # given: an inbox entry's (`inbox.envelope_id`), not its place
         self._message: Message | None = None
 
     def fields(self) -> tuple[Any, ...]:
         """What `Incoming(*fields)` makes the same message of."""
-        return (self.channel, self.data, self.era, self.seq, self.count, self.received_ms)
+        return (self.channel, self.data, self.era, self.seq, self.count, self.received_ms, self.msg_id)
 
     def message(self) -> Message:
         if self._message is None:
-            msg_id = message_id(self.era, self.seq, self.count)
+            msg_id = self.msg_id or message_id(self.era, self.seq, self.count)
             self._message = Message(envelope.make(self.channel, self.data, self.received_ms, msg_id))
         return self._message

@@ -20,6 +20,7 @@ from . import names
 from .cluster import Cluster
 from .config import Config
 from .dispatcher import Dispatcher, Hooks
+from .inbox import Inbox
 from .listener import Listener
 from .metrics import Metrics
 from .registry import Registry
@@ -37,6 +38,9 @@ REDIS_POOL_SIZE = 32
 # seconds after Redis starts before a server without a connection is dead: more than the
 # listener's longest backoff and a connect timeout
 RECONNECT_GRACE = 6
+# An inbox entry unrouted this long makes /healthz red: no server reads the inbox, or the
+# one that does cannot keep up.
+INBOX_LATE_AFTER = 60.0
 STUCK_AFTER = 6.0  # a subscription that received nothing (pings included) this long is replaced
 
 
@@ -94,8 +98,10 @@ class Service:
                 declared_dead=lambda: self._join(gap=False),
                 new_era=partial(self._announce, rejoin=False),
                 suspect=lambda: self._reap_soon(),
+                inbox_handled=lambda entry_ids: self.inbox.ack(entry_ids),
             ),
         )
+        self.inbox = Inbox(self.redis, self.server_id, self.metrics, config.inbox_key_ttl, config.max_payload)
         self.listener = Listener(
             self.pubsub_redis, self.dispatcher.route_batch, on_subscribed=self._join,
             on_reconnect=self.metrics.redis_reconnects.inc, on_listening=self._ready,
@@ -165,6 +171,7 @@ class Service:
         self.socketio.start_background_task(self.listener.run)
         self.socketio.start_background_task(self._housekeeping)
         self.socketio.start_background_task(self.dispatcher.settler.run, self._stopped)
+        self.socketio.start_background_task(self.inbox.run, self._stopped, self.accepting)
         log.info("RedMessenger %s listening to %s on Redis", self.server_id, names.PATTERN)
 
     def stop(self) -> None:
@@ -350,6 +357,21 @@ class Service:
                 else "not subscribed" if not self.listener.subscribed
                 else "subscription not delivering"
             )
+        inbox = self.inbox_stats()
+        if inbox is not None:
+            status["inbox"] = inbox
+            if ok and inbox["oldest_s"] > INBOX_LATE_AFTER:
+                ok, status["reason"] = False, f"inbox entries unrouted for over {INBOX_LATE_AFTER:.0f}s"
         status["ok"] = ok
         status["accepting"] = self.accepting()
         return ok, status
+
+    def inbox_stats(self) -> dict[str, Any] | None:
+        """The inbox's backlog (also set in /metrics); None if Redis does not answer."""
+        try:
+            stats = self.inbox.stats()
+        except redis.RedisError:
+            return None
+        self.metrics.inbox_unhandled.set(stats["unhandled"])
+        self.metrics.inbox_oldest.set(stats["oldest_s"])
+        return {**stats, "read_here": self.inbox.reading}

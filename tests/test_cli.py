@@ -146,7 +146,7 @@ def test_check_fails_without_redis():
 
 def test_publish_reaches_a_tab_and_says_so(server, clients, uid):
     tab = clients(server.url, {"uid": uid, "ack": True})
-    result = run([*REDMESSENGER, "publish", f"rm.users.{uid}", "Hello from the shell"],
+    result = run([*REDMESSENGER, "publish", "--pubsub", f"rm.users.{uid}", "Hello from the shell"],
                  {"RM_REDIS_PORT": str(server.redis_port)})
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(rf"published 20 bytes to rm\.users\.{re.escape(uid)}: [1-9]\d* subscriber\(s\)\n",
@@ -176,7 +176,8 @@ def test_publish_refuses_a_bad_channel(redis_server):
 def test_publish_with_no_server_listening_says_it_is_lost(tmp_path):
     lonely = start_redis(tmp_path)  # a Redis no RedMessenger listens to
     try:
-        result = run([*REDMESSENGER, "publish", "rm.users.nobody", "x"], {"RM_REDIS_PORT": str(lonely.port)})
+        result = run([*REDMESSENGER, "publish", "--pubsub", "rm.users.nobody", "x"],
+                     {"RM_REDIS_PORT": str(lonely.port)})
     finally:
         lonely.stop()
     assert result.returncode == 1

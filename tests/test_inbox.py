@@ -1,0 +1,331 @@
+"""The inbox (SPEC §9) against a real redis-server and real server processes: entries wait
+while no server runs, reach users and queues once each in the stream's order, survive a
+`kill -9` of the reader, are one message per `key`, and bad entries harm nothing else."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+import redis
+
+import rm_flask
+from rm_flask import names
+from rm_flask.inbox import Inbox, InvalidChannel, envelope_id
+from rm_flask.metrics import Metrics
+from tests.support.clients import RMClient, connected
+from tests.support.processes import ROOT, wait_until
+
+GROUP_MEMBERS = 5
+
+
+@pytest.fixture
+def inbox_r(r: redis.Redis) -> redis.Redis:
+    """The session's Redis with no inbox left by another test (no server runs on it)."""
+    r.delete(names.INBOX_KEY, names.INBOX_READER_KEY)
+    for key in r.scan_iter(names.inbox_dedupe_key("*")):
+        r.delete(key)
+    return r
+
+
+def ack(uid: str) -> dict[str, Any]:
+    return {"uid": uid, "ack": True}
+
+
+def first_copies(tab: RMClient) -> list[str]:
+    return list(dict.fromkeys(tab.payloads()))
+
+
+def one_id_each(tabs: list[RMClient]) -> bool:
+    ids: dict[str, set[str]] = {}
+    for tab in tabs:
+        for m in tab.messages:
+            ids.setdefault(m["payload"], set()).add(m["id"])
+    return all(len(v) == 1 for v in ids.values())
+
+
+def settled(r: redis.Redis, uids: list[str]) -> bool:
+    """Every inbox entry routed, nothing queued or in flight for `uids`."""
+    pending = r.xpending(names.INBOX_KEY, names.INBOX_GROUP)["pending"] if r.exists(names.INBOX_KEY) else 0
+    return pending == 0 and not any(r.llen(names.queue_key(u)) for u in uids) and not any(
+        r.zcard(k) for u in uids for k in r.scan_iter(f"rm:inflight:*:{u}"))
+
+
+### The publisher ###
+
+
+def test_publish_refuses_a_channel_the_server_would_not_deliver(inbox_r):
+    for channel in ("rm.users.a:b", "rm.nothing.x", "users.a", "rm.users."):
+        with pytest.raises(InvalidChannel, match="is invalid: expected rm.users.UID"):
+            rm_flask.publish(inbox_r, channel, "x")
+    with pytest.raises(ValueError, match="key"):
+        rm_flask.publish(inbox_r, "rm.users.a", "x", key="")
+    assert not inbox_r.exists(names.INBOX_KEY), "nothing added"
+
+
+def test_publish_returns_the_id_the_envelope_will_carry(inbox_r):
+    msg_id = rm_flask.publish(inbox_r, "rm.users.a", b"\xff bytes", key="k")
+    [(entry_id, fields)] = inbox_r.xrange(names.INBOX_KEY)
+    assert msg_id == envelope_id(entry_id.decode()) and "." not in msg_id
+    assert fields == {b"channel": b"rm.users.a", b"data": b"\xff bytes", b"key": b"k"}
+
+
+### One reader, against Redis alone ###
+
+
+def test_the_reader_forwards_in_order_drops_repeats_and_bad_entries_and_trims(inbox_r):
+    r = inbox_r
+    metrics = Metrics()
+    reader = Inbox(r, "me", metrics, key_ttl=100, max_payload=10)
+    heard = r.pubsub()
+    heard.subscribe(names.INBOX_CHANNEL)
+    heard.get_message(timeout=1)
+    ids = [rm_flask.publish(r, "rm.users.a", f"m{n}", key="same" if n in (1, 2) else None) for n in range(4)]
+    r.xadd(names.INBOX_KEY, {"channel": "rm.users.a"})  # no data
+    r.xadd(names.INBOX_KEY, {"channel": "rm.nowhere", "data": "x"})
+    r.xadd(names.INBOX_KEY, {"channel": "rm.users.a", "data": "x" * 11})
+    assert reader.stats()["unhandled"] == 7
+    assert reader._lease()
+    reader._pass()
+    frames = []
+    while (message := heard.get_message(timeout=1)) is not None:
+        frames.append(message["data"])
+    assert [f.split(b"\n", 2)[2] for f in frames] == [b"m0", b"m1", b"m3"], "in order; m2 repeats m1's key"
+    assert [envelope_id(f.split(b"\n")[0].decode()) for f in frames] == [ids[0], ids[1], ids[3]]
+    assert metrics.registry.get_sample_value("rm_inbox_repeats_total") == 1
+    for reason in ("fields", "channel", "too_large"):
+        assert metrics.registry.get_sample_value("rm_inbox_invalid_total", {"reason": reason}) == 1
+    # Forwarded, not yet routed: still unhandled, and nothing is trimmed.
+    assert reader.stats()["unhandled"] == 3
+    reader.trim()
+    assert r.xlen(names.INBOX_KEY) == 7
+    reader.ack([f.split(b"\n")[0].decode() for f in frames])
+    assert reader.stats() == {"unhandled": 0, "oldest_s": 0.0}
+    reader.trim()
+    assert r.xlen(names.INBOX_KEY) == 1, "handled entries go; the last keeps the stream's last id"
+
+
+def test_a_reader_that_lost_its_lease_forwards_nothing(inbox_r):
+    r = inbox_r
+    first, second = Inbox(r, "one", Metrics()), Inbox(r, "two", Metrics())
+    assert first._lease() and not second._lease()
+    r.delete(names.INBOX_READER_KEY)  # its lease lapsed while it was paused
+    assert second._lease()
+    rm_flask.publish(r, "rm.users.a", "x")
+    first._pass()  # woke up: reads the entry, but cannot forward it
+    assert not first.reading
+    assert r.xpending(names.INBOX_KEY, names.INBOX_GROUP)["pending"] == 1, "left for a redo by the reader"
+
+
+### Real servers ###
+
+
+def test_1000_entries_added_while_no_server_runs_reach_3_servers_users_once_in_order(
+        inbox_r, make_server, uid, summary):
+    """SPEC §9: added while nothing runs; then 3 processes start, the users connect:
+    every message delivered once (or still queued), in the stream's order."""
+    r = inbox_r
+    uids = [f"{uid}-{n}" for n in range(10)]
+    members = uids[:GROUP_MEMBERS]
+    r.sadd(names.group_members_key(f"{uid}-g"), *members)
+    owed: dict[str, list[str]] = {u: [] for u in uids}
+    for n in range(1000):
+        if n % 10 == 9:
+            payload = f"{n}:group"
+            rm_flask.publish(r, names.group_channel(f"{uid}-g"), payload)
+            for u in members:
+                owed[u].append(payload)
+        else:
+            u = uids[n % 10]
+            payload = f"{n}:{u}"
+            rm_flask.publish(r, names.user_channel(u), payload)
+            owed[u].append(payload)
+    servers = [make_server() for _ in range(3)]
+    queued = sum(map(len, owed.values()))  # the 100 group messages once per member
+    wait_until(lambda: settled(r, []) and sum(r.llen(names.queue_key(u)) for u in uids) == queued,
+               30, lambda: f"every entry routed and queued ({[r.llen(names.queue_key(u)) for u in uids]})")
+    tabs = [connected(servers[n % 3].url, ack(u)) for n, u in enumerate(uids)]
+    try:
+        for tab, u in zip(tabs, uids, strict=True):
+            wait_until(lambda tab=tab, u=u: len(set(tab.payloads())) >= len(owed[u]), 30,
+                       lambda tab=tab, u=u: f"{u}'s {len(owed[u])} (has {len(set(tab.payloads()))})")
+        wait_until(lambda: settled(r, uids), 10, "nothing queued or in flight")
+        duplicated = sum(len(t.payloads()) - len(set(t.payloads())) for t in tabs)
+        summary(entries=1000, owed=sum(map(len, owed.values())),
+                received=sum(len(set(t.payloads())) for t in tabs), duplicated=duplicated)
+        for tab, u in zip(tabs, uids, strict=True):
+            assert first_copies(tab) == owed[u], f"{u}: each once, in the stream's order"
+        assert duplicated == 0
+        assert one_id_each(tabs)
+        health = [s.health()[1] for s in servers]
+        assert sum(h["inbox"]["read_here"] for h in health) == 1, "one reader"
+        assert all(h["inbox"]["unhandled"] == 0 for h in health)
+    finally:
+        for tab in tabs:
+            tab.close()
+
+
+def publish_steadily(r: redis.Redis, uids: list[str], count: int, rate: float) -> list[str]:
+    """`count` inbox entries at `rate` a second, round the users; returns the payloads."""
+    payloads = []
+    started = time.monotonic()
+    for n in range(count):
+        u = uids[n % len(uids)]
+        payloads.append(f"{n}:{u}")
+        rm_flask.publish(r, names.user_channel(u), payloads[-1])
+        ahead = started + (n + 1) / rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+    return payloads
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_reader_of_3_loses_no_entry(inbox_r, make_server, uid, summary):
+    """The reader dies mid-stream (2,000 entries/s to 20 ack-mode users on the others):
+    the next takes the lease, forwards what it left unacknowledged again, and goes on.
+    0 lost; a message that comes twice has one id."""
+    r = inbox_r
+    servers = [make_server(log_level="warning") for _ in range(3)]
+    wait_until(lambda: any(s.health()[1].get("inbox", {}).get("read_here") for s in servers), 10, "a reader")
+    reader = next(s for s in servers if s.health()[1]["inbox"]["read_here"])
+    others = [s for s in servers if s is not reader]
+    uids = [f"{uid}-{n}" for n in range(20)]
+    tabs = [connected(others[n % 2].url, ack(u)) for n, u in enumerate(uids)]
+    sent: list[str] = []
+    publisher = threading.Thread(target=lambda: sent.extend(publish_steadily(r, uids, 6000, 2000)))
+    try:
+        publisher.start()
+        time.sleep(1.0)
+        reader.kill()
+        publisher.join(30)
+
+        def received() -> set[str]:
+            return {p for t in tabs for p in t.payloads()}
+
+        wait_until(lambda: received() >= set(sent), 40,
+                   lambda: f"every entry ({len(set(sent) - received())} missing)")
+        wait_until(lambda: settled(r, uids), 20, "nothing unhandled, queued or in flight")
+        got = Counter(p for t in tabs for p in t.payloads())
+        late = sum(first_copies(t) != sorted(first_copies(t), key=lambda p: int(p.split(":")[0]))
+                   for t in tabs)
+        summary(sent=len(sent), received=len(got), lost=len(set(sent) - set(got)),
+                duplicated=sum(got.values()) - len(got), tabs_out_of_order=late)
+        assert len(sent) == 6000 and set(got) == set(sent)
+        assert one_id_each(tabs), "a redo keeps the entry's id"
+        assert late == 0, "each user's entries in the stream's order"
+    finally:
+        for tab in tabs:
+            tab.close()
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_lone_server_then_a_restart_finishes_its_entries(inbox_r, make_server, uid, summary):
+    r = inbox_r
+    server = make_server(log_level="warning")
+    tab = connected(server.url, ack(uid))
+    sent: list[str] = []
+    publisher = threading.Thread(target=lambda: sent.extend(publish_steadily(r, [uid], 3000, 2000)))
+    publisher.start()
+    time.sleep(0.5)
+    server.kill()
+    publisher.join(30)
+    tab.close()
+    before = set(tab.payloads())
+    server.restart()
+    tab = connected(server.url, ack(uid))
+    try:
+        wait_until(lambda: set(tab.payloads()) | before >= set(sent), 40,
+                   lambda: f"every entry ({len(set(sent) - set(tab.payloads()))} missing)")
+        wait_until(lambda: settled(r, [uid]), 20, "nothing unhandled, queued or in flight")
+        summary(sent=len(sent), received_after_restart=len(set(tab.payloads())))
+        assert one_id_each([tab])
+    finally:
+        tab.close()
+
+
+def test_the_same_key_twice_across_processes_is_one_message(inbox_r, make_server, uid):
+    r = inbox_r
+    a, b = make_server(), make_server()
+    tabs = [connected(a.url, ack(uid)), connected(b.url, ack(uid))]
+    try:
+        rm_flask.publish(r, names.user_channel(uid), "once", key="order-17")
+        rm_flask.publish(r, names.user_channel(uid), "once again", key="order-17")
+        rm_flask.publish(r, names.user_channel(uid), "after")
+        for tab in tabs:
+            wait_until(lambda tab=tab: "after" in tab.payloads(), 10, "the message after")
+            assert tab.payloads() == ["once", "after"]
+    finally:
+        for tab in tabs:
+            tab.close()
+
+
+def test_bad_entries_are_acknowledged_logged_and_counted_and_harm_nothing(inbox_r, make_server, uid):
+    r = inbox_r
+    server = make_server(max_payload=1000)
+    tab = connected(server.url, ack(uid))
+    try:
+        r.xadd(names.INBOX_KEY, {"data": "no channel"})
+        r.xadd(names.INBOX_KEY, {"channel": "rm.users.bad:id", "data": "x"})
+        r.xadd(names.INBOX_KEY, {"channel": names.user_channel(uid), "data": "x" * 1001})
+        r.xadd(names.INBOX_KEY, {"channel": names.user_channel(uid), "data": b"\xff\xfe"})
+        rm_flask.publish(r, names.user_channel(uid), "fine")
+        wait_until(lambda: "fine" in tab.payloads(), 10, "the good one after them")
+        assert [m.get("encoding") for m in tab.messages] == ["base64", None], tab.messages
+        wait_until(lambda: settled(r, [uid]), 10, "every entry acknowledged")
+        for reason in ("fields", "channel", "too_large"):
+            assert server.metric(f'rm_inbox_invalid_total{{reason="{reason}"}}') == 1
+        assert "Inbox: dropping entry" in server.log()
+        assert "Traceback" not in server.log()
+    finally:
+        tab.close()
+
+
+def test_publish_and_inbox_to_one_user_each_arrive_in_their_own_order(inbox_r, make_server, uid):
+    r = inbox_r
+    a, b = make_server(), make_server()
+    tabs = [connected(a.url, ack(uid)), connected(b.url, ack(uid))]
+    try:
+        for n in range(200):
+            if n % 2:
+                r.publish(names.user_channel(uid), f"pub {n}")
+            else:
+                rm_flask.publish(r, names.user_channel(uid), f"inbox {n}")
+        for tab in tabs:
+            wait_until(lambda tab=tab: len(set(tab.payloads())) == 200, 20, "all 200")
+            got = first_copies(tab)
+            for kind in ("pub", "inbox"):
+                mine = [p for p in got if p.startswith(kind)]
+                assert mine == sorted(mine, key=lambda p: int(p.split()[1])), f"{kind} in order"
+    finally:
+        for tab in tabs:
+            tab.close()
+
+
+def test_the_shell_command_adds_to_the_inbox_and_says_the_id(inbox_r, make_server, uid):
+    env = {"RM_REDIS_PORT": str(inbox_r.connection_pool.connection_kwargs["port"])}
+    command = [sys.executable, "-m", "rm_flask", "publish", names.user_channel(uid), "kept for later"]
+    result = subprocess.run(command, cwd=ROOT, env={**_base_env(), **env}, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    said = re.fullmatch(rf"added 14 bytes for rm\.users\.{re.escape(uid)} to the inbox: id (i-\d+-\d+)\n",
+                        result.stdout)
+    assert said, result.stdout
+    server = make_server()
+    tab = connected(server.url, ack(uid))
+    try:
+        wait_until(lambda: tab.payloads(), 20, "the message from the shell")
+        assert [(m["payload"], m["id"]) for m in tab.messages] == [("kept for later", said[1])]
+    finally:
+        tab.close()
+
+
+def _base_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("RM_")}
