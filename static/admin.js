@@ -167,9 +167,12 @@
           + (q.complete ? "" : " (in the part of a large key space scanned)")
         : "No user has queued messages.";
     }
-    $("inbox").textContent = snapshot.inbox
-      ? Object.keys(snapshot.inbox).map(function (k) { return k + " " + snapshot.inbox[k]; }).join(" · ")
-      : "This server has no inbox: apps PUBLISH directly.";
+    var inbox = snapshot.inbox;
+    $("inbox").textContent = inbox
+      ? number(inbox.unhandled) + " unhandled (oldest " + inbox.oldest_s + " s) · read "
+        + (inbox.read_here ? "here" : "by another server") + " · forwarded here " + number(inbox.forwarded)
+        + ", repeats " + number(inbox.repeats) + ", invalid " + number(inbox.invalid)
+      : "The inbox could not be read.";
     $("fetch-error").hidden = !snapshot.redis_error;
     if (snapshot.redis_error) $("fetch-error").textContent = "Redis did not answer: " + snapshot.redis_error;
   }
