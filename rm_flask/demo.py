@@ -22,7 +22,7 @@ from flask import (
     send_from_directory,
 )
 
-from . import assets, names
+from . import assets, inbox, names
 
 bp = Blueprint("demo", __name__)
 
@@ -134,9 +134,11 @@ def _redis_down(exc: redis.RedisError) -> tuple[Response, int]:
 
 @bp.post("/demo/publish")
 def publish() -> tuple[Response, int]:
-    """PUBLISH a payload to a user's or a group's channel, exactly as an app would.
+    """PUBLISH a payload to a user's or a group's channel, exactly as an app would, or
+    add it to the inbox (SPEC §9), where it waits while no server runs.
 
-    Body: {"to": "user" | "group", "id": uid or cid, "payload": text}.
+    Body: {"to": "user" | "group", "id": uid or cid, "payload": text, "via": "publish"
+    (the default) | "inbox"}.
     """
     body = _json_body()
     to = body.get("to")
@@ -152,8 +154,14 @@ def publish() -> tuple[Response, int]:
         payload.encode("utf-8")
     except UnicodeEncodeError:
         raise BadRequest("invalid_payload", "payload must be valid Unicode text.") from None
+    via = body.get("via", "publish")
+    if via not in ("publish", "inbox"):
+        raise BadRequest("invalid_via", 'via must be "publish" or "inbox".')
     channel = names.user_channel(ident) if to == "user" else names.group_channel(ident)
     try:
+        if via == "inbox":
+            msg_id = inbox.publish(_service().redis, channel, payload)
+            return jsonify(ok=True, channel=channel, via=via, id=msg_id), 200
         receivers = _service().redis.publish(channel, payload)
     except redis.RedisError as exc:
         return _redis_down(exc)

@@ -264,14 +264,19 @@
       }
       var button = form.querySelector("button[type=submit]");
       button.disabled = true;
-      post("/demo/publish", { to: to, id: id, payload: payload }).then(function (reply) {
+      var via = form.elements.inbox.checked ? "inbox" : "publish";
+      post("/demo/publish", { to: to, id: id, payload: payload, via: via }).then(function (reply) {
         showSent(to, id, text, reply);
         form.elements.text.value = "";
         form.elements.text.focus();
-        report(result, reply.receivers > 0
-          ? "Published to " + reply.channel + "."
-          : "Published to " + reply.channel + ", but no RedMessenger server was subscribed: it is lost.",
-          reply.receivers === 0);
+        if (reply.via === "inbox") {
+          report(result, "Added to the inbox for " + reply.channel + " (id " + reply.id + ").", false);
+        } else {
+          report(result, reply.receivers > 0
+            ? "Published to " + reply.channel + "."
+            : "Published to " + reply.channel + ", but no RedMessenger server was subscribed: it is lost.",
+            reply.receivers === 0);
+        }
         if (to === "group") setTimeout(refreshGroups, 500);
       }).catch(function (err) {
         report(result, "Not sent: " + err.message, true);

@@ -115,6 +115,17 @@ def test_publish_with_no_server_listening_says_so(client, r):
     assert response.get_json()["receivers"] == 0
 
 
+def test_publish_through_the_inbox_adds_an_entry_and_says_its_id(client, r):
+    r.delete("rm:inbox")
+    body = {"to": "user", "id": "bob", "payload": "kept", "via": "inbox"}
+    response = client.post("/demo/publish", json=body)
+    reply = response.get_json()
+    [(entry_id, fields)] = r.xrange("rm:inbox")
+    assert reply == {"ok": True, "channel": "rm.users.bob", "via": "inbox", "id": f"i-{entry_id.decode()}"}
+    assert fields == {b"channel": b"rm.users.bob", b"data": b"kept"}
+    r.delete("rm:inbox")
+
+
 @pytest.mark.parametrize(
     ("body", "code"),
     [
@@ -132,6 +143,7 @@ def test_publish_with_no_server_listening_says_so(client, r):
         ({"to": "user", "id": "bob", "payload": "x" * (64 * 1024 + 1)}, "payload_too_large"),
         ({"to": "user", "id": "bob", "payload": "é" * (32 * 1024 + 1)}, "payload_too_large"),
         (["user", "bob", "x"], "invalid_json"),
+        ({"to": "user", "id": "bob", "payload": "x", "via": "pigeon"}, "invalid_via"),
     ],
 )
 def test_publish_refuses_bad_input(client, r, body, code):

@@ -249,20 +249,22 @@ def test_kill_9_of_a_lone_server_then_a_restart_finishes_its_entries(inbox_r, ma
         tab.close()
 
 
-def test_the_same_key_twice_across_processes_is_one_message(inbox_r, make_server, uid):
-    r = inbox_r
-    a, b = make_server(), make_server()
-    tabs = [connected(a.url, ack(uid)), connected(b.url, ack(uid))]
-    try:
-        rm_flask.publish(r, names.user_channel(uid), "once", key="order-17")
-        rm_flask.publish(r, names.user_channel(uid), "once again", key="order-17")
-        rm_flask.publish(r, names.user_channel(uid), "after")
-        for tab in tabs:
-            wait_until(lambda tab=tab: "after" in tab.payloads(), 10, "the message after")
-            assert tab.payloads() == ["once", "after"]
-    finally:
-        for tab in tabs:
-            tab.close()
+@pytest.fixture
+def tabs_on_two(make_server, uid):
+    """Two servers, and a tab of `uid` on each."""
+    tabs = [connected(make_server().url, ack(uid)) for _ in range(2)]
+    yield tabs
+    for tab in tabs:
+        tab.close()
+
+
+def test_the_same_key_twice_across_processes_is_one_message(inbox_r, tabs_on_two, uid):
+    rm_flask.publish(inbox_r, names.user_channel(uid), "once", key="order-17")
+    rm_flask.publish(inbox_r, names.user_channel(uid), "once again", key="order-17")
+    rm_flask.publish(inbox_r, names.user_channel(uid), "after")
+    for tab in tabs_on_two:
+        wait_until(lambda tab=tab: "after" in tab.payloads(), 10, "the message after")
+        assert tab.payloads() == ["once", "after"]
 
 
 def test_bad_entries_are_acknowledged_logged_and_counted_and_harm_nothing(inbox_r, make_server, uid):
@@ -286,25 +288,18 @@ def test_bad_entries_are_acknowledged_logged_and_counted_and_harm_nothing(inbox_
         tab.close()
 
 
-def test_publish_and_inbox_to_one_user_each_arrive_in_their_own_order(inbox_r, make_server, uid):
-    r = inbox_r
-    a, b = make_server(), make_server()
-    tabs = [connected(a.url, ack(uid)), connected(b.url, ack(uid))]
-    try:
-        for n in range(200):
-            if n % 2:
-                r.publish(names.user_channel(uid), f"pub {n}")
-            else:
-                rm_flask.publish(r, names.user_channel(uid), f"inbox {n}")
-        for tab in tabs:
-            wait_until(lambda tab=tab: len(set(tab.payloads())) == 200, 20, "all 200")
-            got = first_copies(tab)
-            for kind in ("pub", "inbox"):
-                mine = [p for p in got if p.startswith(kind)]
-                assert mine == sorted(mine, key=lambda p: int(p.split()[1])), f"{kind} in order"
-    finally:
-        for tab in tabs:
-            tab.close()
+def test_publish_and_inbox_to_one_user_each_arrive_in_their_own_order(inbox_r, tabs_on_two, uid):
+    for n in range(200):
+        if n % 2:
+            inbox_r.publish(names.user_channel(uid), f"pub {n}")
+        else:
+            rm_flask.publish(inbox_r, names.user_channel(uid), f"inbox {n}")
+    for tab in tabs_on_two:
+        wait_until(lambda tab=tab: len(set(tab.payloads())) == 200, 20, "all 200")
+        got = first_copies(tab)
+        for kind in ("pub", "inbox"):
+            mine = [p for p in got if p.startswith(kind)]
+            assert mine == sorted(mine, key=lambda p: int(p.split()[1])), f"{kind} in order"
 
 
 def test_the_shell_command_adds_to_the_inbox_and_says_the_id(inbox_r, make_server, uid):
