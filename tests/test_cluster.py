@@ -23,7 +23,7 @@ import socketio
 
 from rm_flask import names
 from tests.support.accounting import QueueSampler, Stream, account_tabs
-from tests.support.clients import RMClient
+from tests.support.clients import RMClient, ack
 from tests.support.cluster import (
     MixedStream,
     copy_of,
@@ -35,10 +35,6 @@ from tests.support.cluster import (
 )
 from tests.support.processes import wait_until
 from tests.support.proxy import Proxy
-
-
-def ack(uid: str) -> dict:
-    return {"uid": uid, "ack": True}
 
 
 def wait_quiet(tabs, quiet: float = 1.0, timeout: float = 15) -> None:
@@ -205,10 +201,6 @@ def test_a_message_sent_live_and_again_from_the_queue_leaves_nothing_in_flight(m
         t1.close()
 
 
-def first_copies(tab: RMClient) -> list[str]:
-    return list(dict.fromkeys(p for p in tab.payloads() if not p.startswith("probe:")))
-
-
 def replacing_tab(make_server, r, uid):
     """Tab 0 on A holds 5 messages unacknowledged (a tab whose network is about to go);
     tab 1, its replacement, identifies on B. Returns the servers, the tabs and the five."""
@@ -244,7 +236,8 @@ def test_a_tab_that_replaces_one_on_another_process_gets_what_that_one_held_firs
             r.zcard(k) for k in r.scan_iter(f"rm:inflight:*:{uid}")), 10, "nothing queued or in flight")
         again = Counter(new.payloads()) - Counter(set(new.payloads()))
         summary(received=len(set(new.payloads())), duplicated=sum(again.values()))
-        assert first_copies(new) == held + later, "the old tab's messages first, then the newer"
+        seen = [p for p in new.first_payloads() if not p.startswith("probe:")]
+        assert seen == held + later, "the old tab's messages first, then the newer"
         ids = {m["payload"]: {n["id"] for n in new.messages if n["payload"] == m["payload"]}
                for m in new.messages}
         assert all(len(v) == 1 for v in ids.values()), "a copy sent again keeps its id"

@@ -4,13 +4,13 @@ while no server runs, reach users and queues once each in the stream's order, su
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from typing import Any
 
 import pytest
 import redis
@@ -19,7 +19,8 @@ import rm_flask
 from rm_flask import names
 from rm_flask.inbox import Inbox, InvalidChannel, envelope_id
 from rm_flask.metrics import Metrics
-from tests.support.clients import RMClient, connected
+from tests.support.accounting import in_flight_count
+from tests.support.clients import RMClient, ack, connected
 from tests.support.processes import ROOT, wait_until
 
 GROUP_MEMBERS = 5
@@ -34,14 +35,6 @@ def inbox_r(r: redis.Redis) -> redis.Redis:
     return r
 
 
-def ack(uid: str) -> dict[str, Any]:
-    return {"uid": uid, "ack": True}
-
-
-def first_copies(tab: RMClient) -> list[str]:
-    return list(dict.fromkeys(tab.payloads()))
-
-
 def one_id_each(tabs: list[RMClient]) -> bool:
     ids: dict[str, set[str]] = {}
     for tab in tabs:
@@ -53,8 +46,7 @@ def one_id_each(tabs: list[RMClient]) -> bool:
 def settled(r: redis.Redis, uids: list[str]) -> bool:
     """Every inbox entry routed, nothing queued or in flight for `uids`."""
     pending = r.xpending(names.INBOX_KEY, names.INBOX_GROUP)["pending"] if r.exists(names.INBOX_KEY) else 0
-    return pending == 0 and not any(r.llen(names.queue_key(u)) for u in uids) and not any(
-        r.zcard(k) for u in uids for k in r.scan_iter(f"rm:inflight:*:{u}"))
+    return pending == 0 and not any(r.llen(names.queue_key(u)) or in_flight_count(r, u) for u in uids)
 
 
 ### The publisher ###
@@ -160,7 +152,7 @@ def test_1000_entries_added_while_no_server_runs_reach_3_servers_users_once_in_o
         summary(entries=1000, owed=sum(map(len, owed.values())),
                 received=sum(len(set(t.payloads())) for t in tabs), duplicated=duplicated)
         for tab, u in zip(tabs, uids, strict=True):
-            assert first_copies(tab) == owed[u], f"{u}: each once, in the stream's order"
+            assert tab.first_payloads() == owed[u], f"{u}: each once, in the stream's order"
         assert duplicated == 0
         assert one_id_each(tabs)
         health = [s.health()[1] for s in servers]
@@ -212,7 +204,7 @@ def test_kill_9_of_the_reader_of_3_loses_no_entry(inbox_r, make_server, uid, sum
                    lambda: f"every entry ({len(set(sent) - received())} missing)")
         wait_until(lambda: settled(r, uids), 20, "nothing unhandled, queued or in flight")
         got = Counter(p for t in tabs for p in t.payloads())
-        late = sum(first_copies(t) != sorted(first_copies(t), key=lambda p: int(p.split(":")[0]))
+        late = sum(t.first_payloads() != sorted(t.first_payloads(), key=lambda p: int(p.split(":")[0]))
                    for t in tabs)
         summary(sent=len(sent), received=len(got), lost=len(set(sent) - set(got)),
                 duplicated=sum(got.values()) - len(got), tabs_out_of_order=late)
@@ -245,6 +237,40 @@ def test_kill_9_of_a_lone_server_then_a_restart_finishes_its_entries(inbox_r, ma
         wait_until(lambda: settled(r, [uid]), 20, "nothing unhandled, queued or in flight")
         summary(sent=len(sent), received_after_restart=len(set(tab.payloads())))
         assert one_id_each([tab])
+    finally:
+        tab.close()
+
+
+@pytest.mark.slow
+def test_flushall_under_inbox_traffic_loses_nothing_added_after_it(inbox_r, make_server, uid, summary):
+    """Redis loses its data (the stream, the group, the lease) while entries flow: the
+    reader makes the group again and goes on. What was added after the FLUSHALL all
+    arrives, in order; what the flush deleted before a server read it is not promised."""
+    r = inbox_r
+    server = make_server(log_level="warning")
+    tab = connected(server.url, ack(uid))
+    sent: list[str] = []
+    publisher = threading.Thread(target=lambda: sent.extend(publish_steadily(r, [uid], 2000, 1000)))
+    try:
+        publisher.start()
+        wait_until(lambda: len(tab.payloads()) >= 500, 10, "the first 500")
+        flushed_at = len(tab.payloads())
+        r.flushall()
+        wait_until(lambda: r.xrange(names.INBOX_KEY, count=1), 5, "an entry added after the flush")
+        first_after = int(r.xrange(names.INBOX_KEY, count=1)[0][1][b"data"].split(b":")[0])
+        publisher.join(30)
+        after = sent[first_after:]
+
+        def missing() -> int:
+            return len(set(after) - set(tab.payloads()))
+
+        wait_until(lambda: not missing(), 30, lambda: f"all added after the flush ({missing()} missing)")
+        got = tab.first_payloads()
+        summary(sent=len(sent), received_before_flush=flushed_at, added_after_flush=len(after),
+                received=len(got), lost_to_the_flush=len(set(sent) - set(got)))
+        assert len(after) > 500, "the flush came mid-stream"
+        assert got == sorted(got, key=lambda p: int(p.split(":")[0])), "in the stream's order"
+        assert "Traceback" not in server.log()
     finally:
         tab.close()
 
@@ -296,7 +322,7 @@ def test_publish_and_inbox_to_one_user_each_arrive_in_their_own_order(inbox_r, t
             rm_flask.publish(inbox_r, names.user_channel(uid), f"inbox {n}")
     for tab in tabs_on_two:
         wait_until(lambda tab=tab: len(set(tab.payloads())) == 200, 20, "all 200")
-        got = first_copies(tab)
+        got = tab.first_payloads()
         for kind in ("pub", "inbox"):
             mine = [p for p in got if p.startswith(kind)]
             assert mine == sorted(mine, key=lambda p: int(p.split()[1])), f"{kind} in order"
@@ -305,7 +331,8 @@ def test_publish_and_inbox_to_one_user_each_arrive_in_their_own_order(inbox_r, t
 def test_the_shell_command_adds_to_the_inbox_and_says_the_id(inbox_r, make_server, uid):
     env = {"RM_REDIS_PORT": str(inbox_r.connection_pool.connection_kwargs["port"])}
     command = [sys.executable, "-m", "rm_flask", "publish", names.user_channel(uid), "kept for later"]
-    result = subprocess.run(command, cwd=ROOT, env={**_base_env(), **env}, capture_output=True, text=True,
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RM_")}
+    result = subprocess.run(command, cwd=ROOT, env={**base, **env}, capture_output=True, text=True,
                             timeout=30)
     assert result.returncode == 0, result.stderr
     said = re.fullmatch(rf"added 14 bytes for rm\.users\.{re.escape(uid)} to the inbox: id (i-\d+-\d+)\n",
@@ -320,7 +347,3 @@ def test_the_shell_command_adds_to_the_inbox_and_says_the_id(inbox_r, make_serve
         tab.close()
 
 
-def _base_env() -> dict[str, str]:
-    import os
-
-    return {k: v for k, v in os.environ.items() if not k.startswith("RM_")}

@@ -166,6 +166,10 @@ class RMClient:
         with self._lock:
             return [m["payload"] for m in self.messages]
 
+    def first_payloads(self) -> list[str]:
+        """Each payload once, in the order of its first arrival (what the user saw)."""
+        return list(dict.fromkeys(self.payloads()))
+
     def wait_for(self, count: int, timeout: float = 20) -> list[dict[str, Any]]:
         wait_until(lambda: len(self.messages) >= count, timeout,
                    lambda: f"{count} messages (have {len(self.messages)})")
@@ -226,6 +230,11 @@ class RMClient:
             proxy.cut(port)
             self.ended, self.vanished_at = "vanished", time.monotonic()
         self.drop()
+
+
+def ack(uid: str) -> dict[str, Any]:
+    """The identifier of an ack-mode tab of `uid` (SPEC §4)."""
+    return {"uid": uid, "ack": True}
 
 
 def connected(url: str, identifier: Any = None, **kwargs: Any) -> RMClient:
