@@ -36,7 +36,7 @@ TAKEOVER_IDLE = 1.0  # seconds: entries read by the last reader, idle this long,
 BATCH = 100  # entries read, and forwarded in one script call, at a time
 BLOCK = 0.5  # seconds a read waits for new entries
 TRIM_EVERY = 5.0  # seconds between trims of handled entries
-COUNT_UP_TO = 10_000  # unread entries counted for /metrics at most (Redis 6.2 has no `lag`)
+COUNT_UP_TO = 100  # unread entries counted for /metrics and /healthz at most (each is read)
 _FORWARD = lua.script("forward")
 
 
@@ -251,37 +251,35 @@ class Inbox:
             # Nothing unhandled: keep the last entry, which carries the stream's last id.
             self.client.xtrim(names.INBOX_KEY, maxlen=1, approximate=False)
 
-    def _unread_after(self) -> str | None:
-        """The id the group has read up to; None if no server made the group yet."""
+    def _backlog(self, unread_up_to: int) -> tuple[int, str | None]:
+        """(entries not yet handled, the id of the oldest): those read and unacknowledged,
+        and those not read yet, counted up to `unread_up_to` (Redis 6.2 tells no `lag`,
+        and counting them means reading them: only when the group is behind)."""
         try:
+            stream = self.client.xinfo_stream(names.INBOX_KEY)
             groups = self.client.xinfo_groups(names.INBOX_KEY)
         except redis.ResponseError:  # no stream yet
-            return None
-        for group in groups:
-            if _text(group["name"]) == names.INBOX_GROUP:
-                return _text(group["last-delivered-id"])
-        return None
+            return 0, None
+        group = next((g for g in groups if _text(g["name"]) == names.INBOX_GROUP), None)
+        pending = self.client.xpending(names.INBOX_KEY, names.INBOX_GROUP) if group else None
+        oldest = _text(pending["min"]) if pending and pending["pending"] else None
+        count = pending["pending"] if pending else 0
+        last = _text(group["last-delivered-id"]) if group else None
+        if last != _text(stream["last-generated-id"]):
+            unread = self.client.xrange(names.INBOX_KEY, min=f"({last}" if last else "-", count=unread_up_to)
+            count += len(unread)
+            if oldest is None and unread:
+                oldest = _text(unread[0][0])
+        return count, oldest
 
     def oldest_unhandled(self) -> str | None:
         """The id of the oldest entry not yet acknowledged (read or not), if any."""
-        last = self._unread_after()
-        if last is not None:
-            pending = self.client.xpending(names.INBOX_KEY, names.INBOX_GROUP)
-            if pending and pending.get("pending"):
-                return _text(pending["min"])
-        after = self.client.xrange(names.INBOX_KEY, min=f"({last}" if last else "-", count=1)
-        return _text(after[0][0]) if after else None
+        return self._backlog(1)[1]
 
     def stats(self) -> dict[str, Any]:
-        """Entries not yet handled (read and unacknowledged, or not read yet: counted up
-        to `COUNT_UP_TO`), and the age in seconds of the oldest of them."""
-        last = self._unread_after()
-        pending = self.client.xpending(names.INBOX_KEY, names.INBOX_GROUP) if last is not None else None
-        unhandled = pending["pending"] if pending else 0
-        unread = self.client.xrange(names.INBOX_KEY, min=f"({last}" if last else "-", count=COUNT_UP_TO)
-        unhandled += len(unread)
-        oldest = _text(pending["min"]) if pending and pending.get("pending") else (
-            _text(unread[0][0]) if unread else None)
+        """Entries not yet handled (the unread ones counted up to `COUNT_UP_TO`), and the
+        age in seconds of the oldest of them."""
+        unhandled, oldest = self._backlog(COUNT_UP_TO)
         age = max(0.0, time.time() - int(oldest.split("-")[0]) / 1000) if oldest else 0.0
         return {"unhandled": unhandled, "oldest_s": round(age, 3)}
 
