@@ -357,7 +357,8 @@ class Service:
                 else "not subscribed" if not self.listener.subscribed
                 else "subscription not delivering"
             )
-        inbox = self.inbox_stats()
+        # Only from a Redis that answered: a stuck one must not hold /healthz past the ping.
+        inbox = self.inbox_stats() if status["redis"] == "ok" else None
         if inbox is not None:
             status["inbox"] = inbox
             if ok and inbox["oldest_s"] > INBOX_LATE_AFTER:
