@@ -241,15 +241,24 @@ class Inbox:
             log.warning("Inbox: could not acknowledge %d entries: %s", len(entry_ids), exc)
 
     def trim(self) -> None:
-        """Drop handled entries: everything before the oldest one not yet handled. The
-        stream keeps only what may still have to be sent; what was sent is in the queues
-        or was delivered, and the log says so."""
-        oldest = self.oldest_unhandled()
-        if oldest is not None:
-            self.client.xtrim(names.INBOX_KEY, minid=oldest, approximate=False)
-        elif self.client.exists(names.INBOX_KEY):
-            # Nothing unhandled: keep the last entry, which carries the stream's last id.
-            self.client.xtrim(names.INBOX_KEY, maxlen=1, approximate=False)
+        """Drop handled entries: everything before the oldest one read and not yet
+        acknowledged, or, if none is, before the last one read (it stays: it carries the
+        stream's last id). The stream keeps only what may still have to be sent; what was
+        sent is in the queues or was delivered, and the log says so.
+
+        Both bounds only move forward, and an entry added meanwhile comes after both: a
+        trim that read them a moment ago drops nothing unread (a bound taken from the
+        stream's length, or its last entry, would drop what was added in between)."""
+        try:
+            groups = self.client.xinfo_groups(names.INBOX_KEY)
+        except redis.ResponseError:  # no stream yet
+            return
+        group = next((g for g in groups if _text(g["name"]) == names.INBOX_GROUP), None)
+        if group is None:
+            return
+        pending = self.client.xpending(names.INBOX_KEY, names.INBOX_GROUP)
+        bound = _text(pending["min"]) if pending["pending"] else _text(group["last-delivered-id"])
+        self.client.xtrim(names.INBOX_KEY, minid=bound, approximate=False)
 
     def _backlog(self, unread_up_to: int) -> tuple[int, str | None]:
         """(entries not yet handled, the id of the oldest): those read and unacknowledged,
@@ -271,10 +280,6 @@ class Inbox:
             if oldest is None and unread:
                 oldest = _text(unread[0][0])
         return count, oldest
-
-    def oldest_unhandled(self) -> str | None:
-        """The id of the oldest entry not yet acknowledged (read or not), if any."""
-        return self._backlog(1)[1]
 
     def stats(self) -> dict[str, Any]:
         """Entries not yet handled (the unread ones counted up to `COUNT_UP_TO`), and the

@@ -103,6 +103,44 @@ def test_the_reader_forwards_in_order_drops_repeats_and_bad_entries_and_trims(in
     assert r.xlen(names.INBOX_KEY) == 1, "handled entries go; the last keeps the stream's last id"
 
 
+def test_a_trim_while_entries_are_added_and_handled_keeps_every_one_not_yet_read(inbox_r):
+    """A trim decides what to drop from what it read a moment before. Entries added in
+    between, once all before them were handled, are unread and must stay."""
+    r = inbox_r
+    trimmer = Inbox(r, "trimmer", Metrics())
+    r.xgroup_create(names.INBOX_KEY, names.INBOX_GROUP, id="0", mkstream=True)
+    done = threading.Event()
+    added: list[bytes] = []
+    handled: set[bytes] = set()
+
+    def add() -> None:
+        for n in range(2000):
+            added.append(r.xadd(names.INBOX_KEY, {"channel": "rm.users.a", "data": f"m{n}"}))
+            if n % 10 == 0:
+                time.sleep(0.001)  # let the handler catch up now and then, as a real one does
+        done.set()
+
+    def handle() -> None:  # reads and acknowledges at once, so the group is often caught up
+        reader = r.client()
+        while not (done.is_set() and len(handled) == len(added)):
+            for _, entries in reader.xreadgroup(names.INBOX_GROUP, "h", {names.INBOX_KEY: ">"},
+                                                count=100, block=10) or []:
+                reader.xack(names.INBOX_KEY, names.INBOX_GROUP, *[e for e, _ in entries])
+                handled.update(e for e, _ in entries)
+
+    threads = [threading.Thread(target=add), threading.Thread(target=handle, daemon=True)]
+    for t in threads:
+        t.start()
+    trims = 0
+    while not done.is_set():
+        trimmer.trim()
+        trims += 1
+    threads[1].join(10)
+    lost = [e for e in added if e not in handled]
+    assert trims > 10, "trims ran while entries were added"
+    assert not lost, f"{len(lost)} of {len(added)} entries trimmed before they were read, in {trims} trims"
+
+
 def test_a_reader_that_lost_its_lease_forwards_nothing(inbox_r):
     r = inbox_r
     first, second = Inbox(r, "one", Metrics()), Inbox(r, "two", Metrics())
@@ -321,7 +359,9 @@ def test_publish_and_inbox_to_one_user_each_arrive_in_their_own_order(inbox_r, t
         else:
             rm_flask.publish(inbox_r, names.user_channel(uid), f"inbox {n}")
     for tab in tabs_on_two:
-        wait_until(lambda tab=tab: len(set(tab.payloads())) == 200, 20, "all 200")
+        wait_until(lambda tab=tab: len(set(tab.payloads())) == 200, 20,
+                   lambda tab=tab: f"all 200 (has {len(set(tab.payloads()))}; inbox: {inbox_r.xlen(names.INBOX_KEY)} "
+                                   f"entries, {settled(inbox_r, [uid])=})")
         got = tab.first_payloads()
         for kind in ("pub", "inbox"):
             mine = [p for p in got if p.startswith(kind)]
