@@ -1,4 +1,5 @@
-"""The publisher: redis-py PUBLISH in pipelines, at full speed behind a delivery window or paced.
+"""The publisher: redis-py PUBLISH (or XADD to the inbox) in pipelines, at full speed behind a
+delivery window or paced.
 
 Payloads are ``"<seq>:<time_ns>"`` (plus optional padding) where ``seq`` counts per channel,
 so a client can compute publish-to-receive latency and spot lost, duplicated and reordered
@@ -12,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
+
+from rm_flask import names
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Publisher:
         pad_bytes: int = 0,
         stall_s: float = 5.0,
         max_s: float = 45.0,
+        via: str = "publish",
     ) -> PublishResult:
         """Publish ``total`` messages round-robin over ``channels``.
 
@@ -57,6 +61,7 @@ class Publisher:
         ``window`` set, never more than ``window`` deliveries (``fan`` per message) ahead of
         what the clients have received, so the figure is what the server sustains rather
         than how deep Redis can buffer. Gives up after ``max_s`` seconds (``truncated``).
+        ``via="inbox"``: each message is an entry added to the inbox (SPEC §9) instead.
         """
         res = PublishResult(per_channel=dict.fromkeys(channels, 0))
         pad = (":" + "x" * pad_bytes) if pad_bytes else ""
@@ -89,10 +94,13 @@ class Publisher:
                     continue
                 n = min(n, max(room // fan, 1))
             for i in range(res.sent, res.sent + n):
-                pipe.publish(channels[i % nch], payload(i // nch, pad))
+                if via == "inbox":
+                    pipe.xadd(names.INBOX_KEY, {"channel": channels[i % nch], "data": payload(i // nch, pad)})
+                else:
+                    pipe.publish(channels[i % nch], payload(i // nch, pad))
             if not res.first_ns:
                 res.first_ns = time.time_ns()
-            res.unheard += sum(1 for r in pipe.execute() if r == 0)
+            res.unheard += sum(1 for r in pipe.execute() if r == 0)  # (an XADD answers an id)
             res.sent += n
         res.last_ns = time.time_ns()
         for ch_idx, ch in enumerate(channels):

@@ -31,7 +31,7 @@ from bench.procs import RedisServer, raise_nofile, target_available  # noqa: E40
 from bench.scenarios import Ctx  # noqa: E402
 from bench.table import render  # noqa: E402
 
-SCENARIOS = ("raw", "direct", "fanout", "paced", "idle", "offline", "churn", "connect", "scale")
+SCENARIOS = ("raw", "direct", "inbox", "fanout", "paced", "idle", "offline", "churn", "connect", "scale")
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,7 @@ def plan(s: Sizes, targets: list[str], only: str | None) -> list[tuple[str, str,
     steps: list[tuple[str, str, Step]] = [
         ("raw", "redis", lambda c: [rawsub.measure(c.redis.port, s.raw)]),
     ]
+    inbox_peers: list[Step] = []  # the PUBLISH rows the inbox rows are read beside
     for t in targets:
         ours = t == "ours"
         # The baseline ignores the ack flag; it is run as the seed's no-ack client.
@@ -83,8 +84,13 @@ def plan(s: Sizes, targets: list[str], only: str | None) -> list[tuple[str, str,
                 scenarios.direct(c, t, s.direct_clients, s.direct_msgs, ack=True,
                                  log_level="info")]))
             # Batch acks (SPEC §4), what the JS client sends by default.
-            steps.append(("direct", t, lambda c, t=t: [
-                scenarios.direct(c, t, s.direct_clients, s.direct_msgs, ack="batch")]))
+            inbox_peers.append(lambda c, t=t: [
+                scenarios.direct(c, t, s.direct_clients, s.direct_msgs, ack="batch")])
+            steps.append(("direct", t, inbox_peers[-1]))
+            # The same messages added to the inbox (SPEC §9) instead of PUBLISHed, beside
+            # the PUBLISH row above (with --only inbox, the two run together).
+            steps.append(("inbox", t, lambda c, t=t: [
+                scenarios.direct(c, t, s.direct_clients, s.direct_msgs, ack="batch", via="inbox")]))
             steps.append(("fanout", t, lambda c, t=t: [
                 scenarios.fanout(c, t, s.fan_members, s.fan_msgs, ack="batch")]))
             steps.append(("paced", t, lambda c, t=t: [
@@ -106,7 +112,8 @@ def plan(s: Sizes, targets: list[str], only: str | None) -> list[tuple[str, str,
                     c, t, s.scale_clients, s.scale_msgs, ack=a)))
     if only:
         keep = {only, "raw"} if only == "direct" else {only}
-        steps = [st for st in steps if st[0] in keep]
+        steps = [st for st in steps if st[0] in keep or (
+            only == "inbox" and st[2] in inbox_peers)]
     order = {name: i for i, name in enumerate(SCENARIOS)}
     # Group by scenario so baseline and ours rows of one kind run back to back.
     return sorted(steps, key=lambda st: order[st[0]])

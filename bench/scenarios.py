@@ -148,6 +148,9 @@ def _common(ctx: Ctx, srv: Servers, meter: CpuMeter, wall: float, delivered: int
     return {
         "server_cpu_s": round(cpu, 3),
         "server_cpu_us_per_delivery": round(cpu / max(delivered, 1) * 1e6, 2),
+        # Redis's part: the inbox's work is largely Redis's (XADD, XREADGROUP, the forward
+        # script, XACK), so its rows are compared on both.
+        "redis_cpu_us_per_delivery": round(meter.used.get("redis", 0.0) / max(delivered, 1) * 1e6, 2),
         "server_rss_mb": round(sum(s.rss() for s in _as_list(srv)) / 2**20, 1),
         "cpu": cpu_summary(shares),
         "saturated": saturation(shares, ctx.cores),
@@ -156,14 +159,14 @@ def _common(ctx: Ctx, srv: Servers, meter: CpuMeter, wall: float, delivered: int
 
 def _delivery_run(
     ctx: Ctx, srv: Servers, pool: Pool, channels: list[str], fan: int, total: int,
-    rate: float | None, window: int | None, uids: list[str],
+    rate: float | None, window: int | None, uids: list[str], via: str = "publish",
 ) -> tuple[dict[str, Any], PublishResult]:
     """Publish, wait for the clients, and measure: the core of direct/fanout/paced."""
     pool.broadcast({"op": "reset"})
     meter = meter_for(ctx, srv, pool)
     pub = Publisher(ctx.redis.port, pool.received)
     meter.start()
-    res = pub.run(channels, total, fan=fan, rate=rate, window=window)
+    res = pub.run(channels, total, fan=fan, rate=rate, window=window, via=via)
     expected = res.sent * fan
     wait_delivered(pool, expected, idle_s=5.0, deadline_s=60.0)
     meter.stop()
@@ -191,18 +194,20 @@ def _delivery_run(
 
 def direct(
     ctx: Ctx, target: str, clients: int, messages: int, ack: Ack, rate: float | None = None,
-    log_level: str = "warning", window: int = 2000,
+    log_level: str = "warning", window: int = 2000, via: str = "publish",
 ) -> dict[str, Any]:
     uids = [f"u{i}" for i in range(clients)]
     with serving(ctx, target, log_level) as srv, loadgen(ctx) as pool:
         conn = connect(pool, srv, uids, ack)
         row, _ = _delivery_run(
             ctx, srv, pool, [f"rm.users.{u}" for u in uids], 1, messages, rate,
-            None if rate else window, uids,
+            None if rate else window, uids, via,
         )
-    head = {"scenario": "paced" if rate else "direct", "target": target, "ack": ack,
+    scenario = "inbox" if via == "inbox" else "paced" if rate else "direct"
+    head = {"scenario": scenario, "target": target, "ack": ack, "via": via,
             "log_level": log_level, "clients": clients, "messages": messages,
             "rate_target": rate, "connect_failed": conn["failed"]}
+
     if ctx.raw_rate and not rate:
         row["share_of_raw_sub"] = round(row["deliveries_per_s"] / ctx.raw_rate, 3)
     return head | row

@@ -24,6 +24,8 @@ def _mode(r: dict[str, Any]) -> str:
     # The baseline relay never asks for acks, whatever the client offered.
     ack = r.get("ack") if r.get("target") != "baseline" else False
     parts = ["batch ack" if ack == "batch" else "ack" if ack else "no-ack"]
+    if r.get("via") == "inbox":
+        parts.append("via inbox")
     if r.get("log_level") and r["log_level"] != "warning":
         parts.append(f"log {r['log_level']}")
     if r.get("rate_target"):
@@ -132,6 +134,13 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
         ):
             lines.append(f"- idle {r['target']} at {r['clients']:,} sockets: "
                          f"{r['rss_per_socket_kb']} KB per socket (goal <= 40 KB)")
+    inbox = _find(rows, scenario="inbox", target="ours")
+    if batch and inbox and batch[cpu]:
+        lines.append(
+            f"- inbox vs PUBLISH (direct, batch acks): {inbox['deliveries_per_s']:,} vs "
+            f"{batch['deliveries_per_s']:,} deliveries/s; server CPU {inbox[cpu]} vs {batch[cpu]} "
+            f"µs per delivery ({ratio(inbox, batch):.2f}x), Redis CPU "
+            f"{inbox.get('redis_cpu_us_per_delivery')} vs {batch.get('redis_cpu_us_per_delivery')} µs")
     info = _find(rows, scenario="direct", target="ours", ack=True, log_level="info")
     if ack and info and ack[cpu]:
         lines.append(f"- log_level info costs {info[cpu] / ack[cpu] - 1:+.0%} CPU per message")

@@ -126,8 +126,8 @@ def snapshot(stats: Stats) -> dict[str, Any]:
         "subscribed": service.listener.subscribed,
         "redis_ping_ms": None if ping is None else round(ping * 1000, 3),
         "round_trip_age_ms": None if age is None else round(age * 1000, 1),
-        # The inbox's backlog (None if Redis did not answer), and what this server forwarded.
-        "inbox": None if (inbox := service.inbox_stats()) is None else {
+        # The inbox's backlog at the last look (None before one), and what this server forwarded.
+        "inbox": None if (inbox := service.inbox.stats()) is None else {
             **inbox, "forwarded": total("rm_inbox_forwarded_total"),
             "repeats": total("rm_inbox_repeats_total"), "invalid": total("rm_inbox_invalid_total")},
         "missing_files": assets.missing(),

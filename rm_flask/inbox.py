@@ -93,6 +93,9 @@ class Inbox:
         # Read, and not forwarded yet: no server was subscribed to hear them.
         self._unforwarded: list[tuple[bytes, dict[bytes, bytes]]] = []
         self._trimmed_at = 0.0
+        self._seen: tuple[int, float | None] | None = None  # (unhandled, the oldest's time) at the last look
+        metrics.inbox_unhandled.set_function(lambda: (self.stats() or {}).get("unhandled", 0))
+        metrics.inbox_oldest.set_function(lambda: (self.stats() or {}).get("oldest_s", 0.0))
 
     def run(self, stopped: threading.Event, listening: Callable[[], bool]) -> None:
         """Read while we hold the lease and `listening()` (our subscription is live):
@@ -281,12 +284,22 @@ class Inbox:
                 oldest = _text(unread[0][0])
         return count, oldest
 
-    def stats(self) -> dict[str, Any]:
-        """Entries not yet handled (the unread ones counted up to `COUNT_UP_TO`), and the
-        age in seconds of the oldest of them."""
+    def look(self) -> dict[str, Any]:
+        """Read the backlog from Redis, for `stats` (housekeeping does, every second)."""
         unhandled, oldest = self._backlog(COUNT_UP_TO)
-        age = max(0.0, time.time() - int(oldest.split("-")[0]) / 1000) if oldest else 0.0
-        return {"unhandled": unhandled, "oldest_s": round(age, 3)}
+        self._seen = (unhandled, int(oldest.split("-")[0]) / 1000 if oldest else None)
+        return self.stats() or {}
+
+    def stats(self) -> dict[str, Any] | None:
+        """At the last `look` (None before the first): entries not yet handled (the unread
+        ones counted up to `COUNT_UP_TO`), the age in seconds of the oldest of them now,
+        and whether this server reads. /metrics and /healthz show this, and so never wait
+        on a Redis that is slow to answer."""
+        if self._seen is None:
+            return None
+        unhandled, oldest_at = self._seen
+        age = max(0.0, time.time() - oldest_at) if oldest_at else 0.0
+        return {"unhandled": unhandled, "oldest_s": round(age, 3), "read_here": self.reading}
 
 
 def _text(value: bytes | str) -> str:

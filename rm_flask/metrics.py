@@ -61,7 +61,7 @@ class Metrics:
             "Inbox entries acknowledged unsent: a field missing (fields), an unknown channel (channel), "
             "over max_payload (too_large)",
             ["reason"], registry=r)
-        # Set from Redis when they are read (`Service.inbox_stats`).
+        # From the inbox's last look at Redis (`Inbox.look`, every second).
         self.inbox_unhandled = Gauge(
             "rm_inbox_unhandled", "Inbox entries not yet routed (read and unacknowledged, or unread)",
             registry=r)

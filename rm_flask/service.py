@@ -293,6 +293,7 @@ class Service:
                 ):
                     self.listener.kick()
                 self.reap_dead_servers()
+                self.inbox.look()
             except redis.RedisError as exc:
                 self.redis_ok = False
                 log.debug("housekeeping: Redis unavailable: %s", exc)
@@ -357,8 +358,8 @@ class Service:
                 else "not subscribed" if not self.listener.subscribed
                 else "subscription not delivering"
             )
-        # Only from a Redis that answered: a stuck one must not hold /healthz past the ping.
-        inbox = self.inbox_stats() if status["redis"] == "ok" else None
+        # From the last look (housekeeping's), and only while Redis answers.
+        inbox = self.inbox.stats() if status["redis"] == "ok" else None
         if inbox is not None:
             status["inbox"] = inbox
             if ok and inbox["oldest_s"] > INBOX_LATE_AFTER:
@@ -367,12 +368,3 @@ class Service:
         status["accepting"] = self.accepting()
         return ok, status
 
-    def inbox_stats(self) -> dict[str, Any] | None:
-        """The inbox's backlog (also set in /metrics); None if Redis does not answer."""
-        try:
-            stats = self.inbox.stats()
-        except redis.RedisError:
-            return None
-        self.metrics.inbox_unhandled.set(stats["unhandled"])
-        self.metrics.inbox_oldest.set(stats["oldest_s"])
-        return {**stats, "read_here": self.inbox.reading}

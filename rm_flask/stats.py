@@ -3,7 +3,8 @@
 Everything here reads the running `Service` and Redis; nothing here changes either. The
 Redis reads that grow with the data (the queue scan, the servers table) are bounded and
 cached, so that an admin page polling every second, or a scrape every 15 s, costs Redis
-little however many users there are.
+little however many users there are; the queue scan runs in the background, so that a
+scrape does not wait on a Redis that is slow to answer.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Stats:
     def __init__(self, service: Service) -> None:
         self.service = service
         self._scan = QueueScan()
+        self._scanning = False
         self._servers: tuple[float, list[dict[str, Any]]] = (0.0, [])
 
     ### From this process ###
@@ -78,8 +80,23 @@ class Stats:
     ### From Redis, bounded and cached ###
 
     def queues(self) -> QueueScan:
-        if time.monotonic() - self._scan.at < QUEUE_SCAN_EVERY:
-            return self._scan
+        """The last scan, and a new one started in the background when it is older than
+        `QUEUE_SCAN_EVERY`: a scrape or the admin page never waits on Redis for it (an
+        empty scan, `at` 0, until the first one is in)."""
+        if time.monotonic() - self._scan.at >= QUEUE_SCAN_EVERY and not self._scanning:
+            self._scanning = True
+            self.service.socketio.start_background_task(self._rescan)
+        return self._scan
+
+    def _rescan(self) -> None:
+        try:
+            self._scan = self._scan_queues()
+        except redis.RedisError:
+            pass  # the next look tries again
+        finally:
+            self._scanning = False
+
+    def _scan_queues(self) -> QueueScan:
         client = self.service.redis
         keys: list[bytes] = []
         cursor, looked = 0, 0
@@ -98,9 +115,8 @@ class Stats:
                 pipe.llen(key)
         lengths = pipe.execute() if uids else []
         ranked = sorted(zip(uids, lengths, strict=True), key=lambda item: -item[1])
-        self._scan = QueueScan(time.monotonic(), len(uids), cursor == 0,
-                               [(uid, n) for uid, n in ranked[:DEEPEST] if n > 0])
-        return self._scan
+        return QueueScan(time.monotonic(), len(uids), cursor == 0,
+                         [(uid, n) for uid, n in ranked[:DEEPEST] if n > 0])
 
     def servers(self) -> list[dict[str, Any]]:
         """The servers on this Redis: id, host and pid, heartbeat, sockets (as we see them)."""
@@ -151,12 +167,9 @@ class Gauges:
         age = self.stats.round_trip_age()
         if age is not None:
             values["round_trip_age"] = age
-        if service.redis_ok:
-            try:
-                scan = self.stats.queues()
-                values["queue_longest"], values["queues"] = scan.longest, scan.queues
-            except redis.RedisError:
-                pass
+        scan = self.stats.queues()
+        if scan.at:
+            values["queue_longest"], values["queues"] = scan.longest, scan.queues
         return iter(self._families(values))
 
     @staticmethod

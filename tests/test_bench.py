@@ -44,3 +44,12 @@ def test_quick_scale_benchmark_splits_clients_over_two_servers(tmp_path):
         assert all(share > 0 for share in row["cpu"]["server_each"]), "both servers delivered"
         assert row["ratio_vs_1"] > 0 and row["ratio_ceiling"] > 0, row
     assert "x the 1-proc msg/s" in table
+
+
+def test_quick_inbox_benchmark_runs_beside_its_publish_row(tmp_path):
+    rows, table = quick_rows(tmp_path, "inbox")
+    [inbox] = rows
+    assert inbox["via"] == "inbox" and inbox["ack"] == "batch", inbox
+    assert inbox["deliveries"] == inbox["expected"] > 0 and inbox["lost"] == 0, inbox
+    assert inbox["redis_cpu_us_per_delivery"] > 0
+    assert "inbox vs PUBLISH (direct, batch acks)" in table, "the PUBLISH row ran beside it"

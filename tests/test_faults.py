@@ -331,7 +331,8 @@ def test_killed_subscription_comes_back_by_itself(own_server):
 
 
 def test_stuck_redis_turns_healthz_red_within_10_s(own_server):
-    """A Redis that answers nothing (CLIENT PAUSE) is noticed: /healthz is 503 within 10 s."""
+    """A Redis that answers nothing (CLIENT PAUSE) is noticed: /healthz is 503 within 10 s,
+    and /metrics still answers at once."""
     r, server = own_server
     assert server.health()[0] == 200
     r.execute_command("CLIENT", "PAUSE", "12000", "ALL")
@@ -345,6 +346,9 @@ def test_stuck_redis_turns_healthz_red_within_10_s(own_server):
 
     wait_until(red, 10, "/healthz to go red")
     print(f"red {time.monotonic() - paused:.1f}s after Redis stopped answering")
+    scrape = time.monotonic()
+    assert requests.get(server.url + "/metrics", timeout=10).ok
+    assert time.monotonic() - scrape < 1.0, "a scrape does not wait on Redis"
     r.execute_command("CLIENT", "UNPAUSE")
     wait_until(lambda: server.health()[0] == 200, 15, "/healthz to go green again")
 
