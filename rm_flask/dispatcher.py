@@ -23,7 +23,7 @@ import redis
 
 from . import cluster_events, envelope, inbox, names
 from .acks import Settler
-from .cluster import Cluster, Route, View
+from .cluster import RECOVERY_WAIT, Cluster, Route, View
 from .cluster_events import (
     Copy,
     Down,
@@ -57,7 +57,8 @@ log = logging.getLogger("rm_flask")
 
 # Seconds a socket that joined waits for the other processes' replays before it is sent
 # what is newer anyway (they read its `on` when we did: only a paused or failing one
-# takes longer).
+# takes longer). For a process declared dead meanwhile, it waits instead for the redo
+# of that process's work, `RECOVERY_WAIT` at most (`_recovered_for_joined`).
 REPLAY_WITHIN = 3.0
 SUSPENDED_AFTER = 8.0  # seconds without housekeeping after which we ask whether we were declared dead
 
@@ -560,8 +561,9 @@ class Dispatcher:
             self.hooks.declared_dead()
             return
         log.warning("Server %s is gone; %d left on this Redis", dead, len(self.view.servers))
-        for conn in [c for c in list(self.registry.conns.values()) if dead in c.awaiting]:
-            self._replayed(conn, dead, ())  # what it held comes back through the queue
+        # Sockets awaiting its replay wait on, for the redo of its work (`recovered`):
+        # what it held comes back through the queue, and what was sent to them meanwhile
+        # is newer.
         self._moved(homes)
         self.recovery.read_down(dead, event.seq)
 
@@ -635,14 +637,54 @@ class Dispatcher:
 
     def replays_overdue(self) -> None:
         """Sockets that waited `REPLAY_WITHIN` for a replay (its process paused, or Redis
-        refused it) wait no longer: what it held comes through the queue if it is lost."""
-        cutoff = time.monotonic() - REPLAY_WITHIN
+        refused it) wait no longer: what it held comes through the queue if it is lost.
+        For a process declared dead, whose work is being redone, `RECOVERY_WAIT` after
+        its `down` (its redo's winner died too, say)."""
+        now = time.monotonic()
+
+        def overdue(conn: Conn, server: str) -> bool:
+            down_at = self.view.recovering.get(server)
+            if down_at is not None:
+                return now - down_at > RECOVERY_WAIT
+            return now - conn.awaiting_since > REPLAY_WITHIN
+
         for conn in list(self.registry.conns.values()):
-            if conn.awaiting and conn.awaiting_since < cutoff:
-                log.warning("%s: socket %s had no replay from %s within %ss; sending on",
-                            conn.uid, conn.address, ", ".join(sorted(conn.awaiting)), REPLAY_WITHIN)
-                for server in list(conn.awaiting):
+            late = [server for server in conn.awaiting if overdue(conn, server)]
+            if late:
+                log.warning("%s: socket %s had no replay from %s in time; sending on",
+                            conn.uid, conn.address, ", ".join(sorted(late)))
+                for server in late:
                     self._replayed(conn, server, ())
+
+    def _recovered_for_joined(self, dead: str, drained: set[str]) -> None:
+        """`dead`'s work was redone: the sockets that awaited its replay stop waiting.
+        Where the redo queued something for the user, a drain begins at this event, and
+        what was sent to the socket meanwhile (newer than what the dead process held, but
+        not all newer than what the redo queued) goes back to the queue first, so that
+        the drain sends all of it in sequence order. Before the drain begins: it must
+        find them queued."""
+        for conn in [c for c in list(self.registry.conns.values()) if dead in c.awaiting]:
+            uid = conn.uid
+            user = self.registry.user(uid) if uid is not None else None
+            if user is None:
+                continue
+            if uid not in drained:
+                self._replayed(conn, dead, ())  # nothing of its comes: send on
+                continue
+            with self.registry.user_lock(uid):
+                given = conn.replayed + conn.held_writes
+                for msg in conn.held_writes:
+                    pending = user.pending.get(msg.id)
+                    if pending is not None:
+                        pending.waiting.discard(conn.sid)  # never written to it
+                        if not pending.waiting:
+                            del user.pending[msg.id]
+                conn.replayed, conn.held_writes = [], []
+                conn.awaiting.discard(dead)
+                # Given back from our in-flight set, before the drain claims them.
+                self.sessions.recommit(uid, given)
+                if not conn.awaiting:
+                    self.delivery.caught_up(user, conn)
 
     def _copy_drained(self, uid: str, messages: list[Message], over: bool = False, to: str = "") -> None:
         """Send what our drain sent to the user's sockets on other processes, if any (a
@@ -684,6 +726,7 @@ class Dispatcher:
     def _on_recovered(self, event: Recovered, _: Any) -> None:
         """The winner redid a dead server's work: we redo it from our copy too."""
         self.recovery.read_recovered(event.dead, event.server)
+        self._recovered_for_joined(event.dead, set(event.started))
         self._wake_drains([u.uid for u in list(self.registry.users.values()) if u.phase.runs])
         for uid in event.started:
             self._began(uid, event.seq)

@@ -38,8 +38,9 @@ class Conn:
     closing: bool = False  # cut off (too slow): gets nothing more while its close completes
     # Joined while the user had sockets on other processes: each of those processes
     # replays to it what they hold unacknowledged (and what a drain there sent), all of
-    # it older than this socket. Until every replay is in (or `REPLAY_WITHIN` passed),
-    # what is sent here waits in `held_writes`, to go after it in sequence order, and
+    # it older than this socket. Until every replay is in (or `REPLAY_WITHIN` passed, or
+    # a process declared dead had its work redone), what is sent here waits in
+    # `held_writes`, to go after it in sequence order, and
     # those processes' drain copies are skipped: their replays hold them.
     awaiting: set[str] = field(default_factory=set)
     awaiting_since: float = 0.0
