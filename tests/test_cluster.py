@@ -22,6 +22,7 @@ import pytest
 import socketio
 
 from rm_flask import names
+from rm_flask.service import RECONNECT_GRACE
 from tests.support.accounting import QueueSampler, Stream, account_tabs
 from tests.support.clients import RMClient, ack
 from tests.support.cluster import (
@@ -241,6 +242,36 @@ def test_a_tab_that_replaces_one_on_another_process_gets_what_that_one_held_firs
         ids = {m["payload"]: {n["id"] for n in new.messages if n["payload"] == m["payload"]}
                for m in new.messages}
         assert all(len(v) == 1 for v in ids.values()), "a copy sent again keeps its id"
+    finally:
+        old.close()
+        new.close()
+
+
+def test_a_tab_that_replaces_one_on_a_killed_process_gets_what_that_one_held_first(
+        make_server, r, uid, summary):
+    """The old tab's process is stopped when the new tab joins, so it cannot replay, and
+    is then killed (`kill -9`): the new tab waits for the redo of its work, and gets
+    what the old tab held before the newer messages sent to it meanwhile. Before, it
+    stopped waiting at the `down`, and the held ones came through the queue after them."""
+    # A missing connection is evidence of a death only once Redis has been up long enough
+    # for every server to have reconnected (`RECONNECT_GRACE`).
+    wait_until(lambda: int(r.info("server")["uptime_in_seconds"]) >= RECONNECT_GRACE, 10, "Redis up 6 s")
+    a, b, old, new, held = replacing_tab(make_server, r, uid)
+    os.kill(a.process.pid, signal.SIGSTOP)
+    try:
+        assert new.identify(ack(uid)) == {"ok": True, "uid": uid}
+        later = [f"later {n}" for n in range(5)]
+        for payload in later:
+            r.publish(f"rm.users.{uid}", payload)
+        a.kill()
+        wait_until(lambda: set(held + later) <= set(new.payloads()), 15,
+                   lambda: f"all ten at tab 1 (has {new.payloads()})")
+        wait_until(lambda: not r.llen(f"rm:users:{uid}:messages") and not any(
+            r.zcard(k) for k in r.scan_iter(f"rm:inflight:*:{uid}")), 10, "nothing queued or in flight")
+        summary(received=len(set(new.payloads())), duplicated=len(new.payloads()) - len(set(new.payloads())))
+        assert "no replay from" not in b.log(), "A was declared dead within the 3 s a replay is waited for"
+        seen = [p for p in new.first_payloads() if not p.startswith("probe:")]
+        assert seen == held + later, "the old tab's messages first, then the newer"
     finally:
         old.close()
         new.close()
