@@ -673,6 +673,14 @@ class Dispatcher:
                 continue
             with self.registry.user_lock(uid):
                 given = conn.replayed + conn.held_writes
+                try:
+                    # Given back from our in-flight set, before the drain claims them.
+                    self.sessions.recommit(uid, given)
+                except Exception:
+                    log.exception("%s: could not queue %d messages to send them in order; "
+                                  "sending them now", uid, len(given))
+                    self._replayed(conn, dead, ())  # late, but each one
+                    continue
                 for msg in conn.held_writes:
                     pending = user.pending.get(msg.id)
                     if pending is not None:
@@ -681,8 +689,6 @@ class Dispatcher:
                             del user.pending[msg.id]
                 conn.replayed, conn.held_writes = [], []
                 conn.awaiting.discard(dead)
-                # Given back from our in-flight set, before the drain claims them.
-                self.sessions.recommit(uid, given)
                 if not conn.awaiting:
                     self.delivery.caught_up(user, conn)
 
