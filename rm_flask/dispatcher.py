@@ -77,8 +77,9 @@ class Hooks:
     # Redis lost its data: announce this process again; returns what `Cluster.up` does.
     new_era: Callable[[], list[Any]] = list
     suspect: Callable[[], None] = _nothing  # a server may be dead: look for it now
-    # Inbox entries we routed (our part queued or written): acknowledge them.
-    inbox_handled: Callable[[list[str]], None] = lambda entry_ids: None
+    # Inbox entries whose part we routed (queued or written), and the servers in the view
+    # at their place, the last of which acknowledges them (none: ours is only noted).
+    inbox_routed: Callable[[list[str], Sequence[str]], None] = lambda entry_ids, servers: None
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,9 @@ class Dispatcher:
         # Subscribed again, and our `ready` not read yet: what we missed before goes into
         # our users' queues (the others redo it), so what we read now goes behind it.
         self._opening = False
+        # Ids of the messages the run being routed left in memory here (held behind a
+        # drain, kept for a socket leaving): their inbox entries are not routed yet.
+        self._in_memory: set[str] = set()
 
     ### Joining the cluster ###
 
@@ -197,7 +201,8 @@ class Dispatcher:
         run: list[Incoming] = []
         received = 0
         entries: list[str] = []  # inbox entries in `run`
-        routed: list[str] = []  # and those routed
+        routed: list[tuple[list[str], tuple[str, ...]]] = []  # and those routed, by view
+        ours_redone: list[str] = []  # inbox entries whose part the others redo
         if time.monotonic() - self.alive_at > SUSPENDED_AFTER and not self._given_up:
             self._check_declared_dead()
         for channel, data in items:
@@ -206,8 +211,7 @@ class Dispatcher:
             elif channel == names.CLUSTER_CHANNEL:
                 self._tail = False
                 if run:
-                    if self._route(run):
-                        routed += entries
+                    self._route_run(run, entries, routed)
                     run, entries = [], []
                 try:
                     self._event(cluster_events.parse(data))
@@ -225,16 +229,20 @@ class Dispatcher:
                 if incoming is not None:
                     run.append(incoming)
                     entries.append(entry_id)
+                else:
+                    ours_redone.append(entry_id)
             else:
                 received += 1
                 incoming = self._incoming(channel, data)
                 if incoming is not None:
                     run.append(incoming)
         self.metrics.received.inc(received)
-        if run and self._route(run):
-            routed += entries
-        if routed:
-            self.hooks.inbox_handled(routed)
+        if run:
+            self._route_run(run, entries, routed)
+        for done, servers in routed:
+            self.hooks.inbox_routed(done, servers)
+        if ours_redone:
+            self.hooks.inbox_routed(ours_redone, ())
 
     def _check_declared_dead(self) -> None:
         """We were not running for a while (the process was paused): if the others
@@ -262,6 +270,17 @@ class Dispatcher:
         # Not subscribed to it yet, or still to read our `up` after being declared dead:
         # until our `ready`, the others redo what was ours.
         return None
+
+    def _route_run(self, run: list[Incoming], entries: list[str],
+                   routed: list[tuple[list[str], tuple[str, ...]]]) -> None:
+        """Route a run; note its inbox `entries` whose part is now queued or written here,
+        with the servers in the view at their place (each of them has a part)."""
+        servers = tuple(self.view.servers)
+        self._in_memory.clear()
+        if self._route(run) and entries:
+            done = [e for e in entries if inbox.envelope_id(e) not in self._in_memory]
+            if done:
+                routed.append((done, servers))
 
     def _route(self, run: list[Incoming]) -> bool:
         """Route a run of messages; False if they could not be (logged)."""
@@ -374,9 +393,9 @@ class Dispatcher:
                     continue
                 user = user or self.registry.hold(uid)
                 if action is Action.HOLD:
-                    user.held.append(incoming.message())
+                    user.held.append(self._kept(incoming.message()))
                 elif action is Action.KEEP:
-                    user.leftover.append(incoming.message())
+                    user.leftover.append(self._kept(incoming.message()))
                 else:
                     msg = incoming.message()
                     # With only ack-mode sockets, a message is delivered once acknowledged,
@@ -400,17 +419,22 @@ class Dispatcher:
                     # Queued or recorded in flight already, so not lost; but a user who
                     # stays online would wait for it for ever: give it back at once.
                     log.exception("%s: could not send a message; giving it back", user.uid)
-                    user.leftover.append(msg)
+                    user.leftover.append(self._kept(msg))
                     self.spawn(self.sessions.return_leftover, user.uid)
                     continue
                 if not sent:
                     # Its last socket was cut off earlier in this batch: given back with
                     # what that socket held, behind it.
-                    user.leftover.append(msg)
+                    user.leftover.append(self._kept(msg))
         finally:
             for lock in reversed(locks):
                 lock.release()
         return len(ours)
+
+    def _kept(self, msg: Message) -> Message:
+        """`msg` is held in memory for now: not routed yet, as an inbox entry goes."""
+        self._in_memory.add(msg.id)
+        return msg
 
     ### The cluster's events ###
 

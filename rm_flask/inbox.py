@@ -5,11 +5,12 @@ Apps add entries (`publish`, `python -m rm_flask publish`, or XADD with the fiel
 reads them through the consumer group and forwards each into the sequence every server
 reads (`forward.lua`), framed with its entry id. From there an entry is routed like any
 PUBLISH (users, groups, queues, several processes), with an envelope id made from the
-entry id, so that a redo is recognisable. Every server that routes a forwarded entry
-acknowledges it once its part is queued or written: a server that dies with its part
-undone is redone by the others from their copy of the sequence, as for a PUBLISH. An
-entry nobody acknowledged within `REDO_AFTER` seconds (its reader died before it was
-read back, or no server was subscribed) is forwarded again, with the same id.
+entry id, so that a redo is recognisable. An entry is acknowledged once every server
+in the view at its place in the sequence has routed its part, queued or written
+(`routed.lua`): what one of them only holds in memory (behind a drain, for a socket
+leaving) does not count. An entry not acknowledged within `REDO_AFTER` seconds (a
+server died or was paused with its part undone, the reader died before it was read back,
+no server was subscribed) is forwarded again, with the same id.
 
 One reader keeps the stream's order: entries are forwarded in it, and read back by every
 server in that same order.
@@ -20,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -37,7 +38,11 @@ BATCH = 100  # entries read, and forwarded in one script call, at a time
 BLOCK = 0.5  # seconds a read waits for new entries
 TRIM_EVERY = 5.0  # seconds between trims of handled entries
 COUNT_UP_TO = 100  # unread entries counted for /metrics and /healthz at most (each is read)
+# Seconds an entry's record of the servers that routed it outlives the last of them: it is
+# forwarded again each `REDO_AFTER` while one is missing, which renews it.
+ROUTED_TTL = 6 * REDO_AFTER
 _FORWARD = lua.script("forward")
+_ROUTED = lua.script("routed")
 
 
 class InvalidChannel(ValueError):
@@ -87,6 +92,7 @@ class Inbox:
         self.client, self.me, self.metrics = client, server_id, metrics
         self.key_ttl, self.max_payload = key_ttl, max_payload
         self._forward = client.register_script(_FORWARD)
+        self._routed = client.register_script(_ROUTED)
         self.reading = False  # we hold the lease
         self._group_ready = False
         self._taken_over = False  # the lease just came to us
@@ -235,13 +241,17 @@ class Inbox:
             return "too_large", f"{len(data)} bytes is over max_payload ({self.max_payload})"
         return None
 
-    def ack(self, entry_ids: list[str]) -> None:
-        """Entries this server routed (its part queued or written)."""
+    def routed(self, entry_ids: list[str], servers: Sequence[str]) -> None:
+        """This server routed its part of these entries (queued or written): the last of
+        `servers` (the view at their place in the sequence) to do so acknowledges them.
+        No `servers`: ours is noted, and the others decide (our part is theirs to redo)."""
         try:
-            self.client.xack(names.INBOX_KEY, names.INBOX_GROUP, *entry_ids)
+            self._routed(keys=[names.INBOX_KEY],
+                         args=[names.INBOX_GROUP, self.me, int(ROUTED_TTL * 1000), names.inbox_routed_key(""),
+                               len(servers), *servers, *entry_ids])
         except redis.RedisError as exc:
             # Forwarded again later, with the same id: a duplicate, not a loss.
-            log.warning("Inbox: could not acknowledge %d entries: %s", len(entry_ids), exc)
+            log.warning("Inbox: could not note %d entries as routed: %s", len(entry_ids), exc)
 
     def trim(self) -> None:
         """Drop handled entries: everything before the oldest one read and not yet

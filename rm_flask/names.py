@@ -148,6 +148,11 @@ def inbox_dedupe_key(key: str) -> str:
     return f"{PREFIX}:inbox:keys:{key}"
 
 
+def inbox_routed_key(entry_id: str) -> str:
+    """The servers that routed their part of a forwarded inbox entry (`routed.lua`)."""
+    return f"{PREFIX}:inbox:routed:{entry_id}"
+
+
 def user_sockets_key(uid: str) -> str:
     """The sorted set of `uid`'s identified sockets on every server, oldest first."""
     return f"{USER_SOCKETS_PREFIX}{uid}"

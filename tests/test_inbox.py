@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -99,7 +100,7 @@ def test_the_reader_forwards_in_order_drops_repeats_and_bad_entries_and_trims(in
     assert reader.look()["unhandled"] == 3
     reader.trim()
     assert r.xlen(names.INBOX_KEY) == 7
-    reader.ack([f.split(b"\n")[0].decode() for f in frames])
+    reader.routed([f.split(b"\n")[0].decode() for f in frames], ["me"])
     assert reader.look() == {"unhandled": 0, "oldest_s": 0.0, "read_here": True}
     reader.trim()
     assert r.xlen(names.INBOX_KEY) == 1, "handled entries go; the last keeps the stream's last id"
@@ -141,6 +142,39 @@ def test_a_trim_while_entries_are_added_and_handled_keeps_every_one_not_yet_read
     lost = [e for e in added if e not in handled]
     assert trims > 10, "trims ran while entries were added"
     assert not lost, f"{len(lost)} of {len(added)} entries trimmed before they were read, in {trims} trims"
+
+
+def test_an_entry_is_acknowledged_only_once_every_server_in_the_view_routed_its_part(inbox_r):
+    """SPEC §9: an entry leaves the pending list only once its message is queued or written
+    everywhere it must be. Servers note their part; the last of the view acknowledges."""
+    r = inbox_r
+    a, b, c = (Inbox(r, s, Metrics()) for s in "abc")
+    r.xgroup_create(names.INBOX_KEY, names.INBOX_GROUP, id="0", mkstream=True)
+    entry = rm_flask.publish(r, "rm.users.a", "x")[2:]
+    for _, entries in r.xreadgroup(names.INBOX_GROUP, "a", {names.INBOX_KEY: ">"}) or []:
+        assert [e.decode() for e, _ in entries] == [entry]
+
+    def pending() -> int:
+        return r.xpending(names.INBOX_KEY, names.INBOX_GROUP)["pending"]
+
+    view = ["a", "b", "c"]
+    b.routed([entry], view)
+    a.routed([entry], view)
+    assert pending() == 1, "c has not routed its part"
+    assert r.smembers(names.inbox_routed_key(entry)) == {b"a", b"b"}
+    assert 0 < r.pttl(names.inbox_routed_key(entry)) <= 60_000, "a record nobody finishes lapses"
+    a.routed([entry], view)
+    assert pending() == 1, "a second note of a's changes nothing"
+    c.routed([entry], ())  # c's part is the others' to redo: noted, and c decides nothing
+    assert pending() == 1
+    b.routed([entry], ["a", "b"])  # read again after c was declared dead
+    assert pending() == 0
+    assert not r.exists(names.inbox_routed_key(entry)), "its record goes with it"
+    alone = rm_flask.publish(r, "rm.users.a", "y")[2:]
+    r.xreadgroup(names.INBOX_GROUP, "a", {names.INBOX_KEY: ">"})
+    a.routed([alone], ["a"])
+    assert pending() == 0, "a lone server acknowledges at once"
+    assert not r.exists(names.inbox_routed_key(alone))
 
 
 def test_a_reader_that_lost_its_lease_forwards_nothing(inbox_r):
@@ -255,6 +289,47 @@ def test_kill_9_of_the_reader_of_3_loses_no_entry(inbox_r, make_server, uid, sum
     finally:
         for tab in tabs:
             tab.close()
+
+
+@pytest.mark.slow
+def test_entries_a_paused_server_had_not_routed_survive_all_servers_dying(inbox_r, make_server, uid, summary):
+    """SPEC §9: an entry stays pending until every server that has a part in it has routed
+    it. The user's tab is on a paused server; the other one reads 50 entries and routes
+    them (its part is nothing), then both are killed with `kill -9`. A server started after
+    finishes the 50: the user gets each. (Acknowledged by the first server to route it,
+    as before, all 50 were lost.)"""
+    r = inbox_r
+    reader = make_server(log_level="warning")
+    wait_until(lambda: reader.health()[1].get("inbox", {}).get("read_here"), 10, "the first server to read")
+    paused = make_server(log_level="warning")
+    tab = connected(paused.url, ack(uid))
+    routed_before = reader.metric("rm_messages_received_total")
+    os.kill(paused.process.pid, signal.SIGSTOP)
+    try:
+        sent = [f"{n}:{uid}" for n in range(50)]
+        for payload in sent:
+            rm_flask.publish(r, names.user_channel(uid), payload)
+        wait_until(lambda: reader.metric("rm_messages_received_total") >= routed_before + 50, 10,
+                   "the reader to read the 50")
+        pending_while_paused = r.xpending(names.INBOX_KEY, names.INBOX_GROUP)["pending"]
+    finally:
+        reader.kill()
+        paused.kill()
+    tab.close()
+    reader.restart()
+    tab = connected(reader.url, ack(uid))
+    try:
+        wait_until(lambda: set(tab.payloads()) >= set(sent), 60,
+                   lambda: f"every entry ({len(set(sent) - set(tab.payloads()))} missing)")
+        wait_until(lambda: settled(r, [uid]), 30, "nothing unhandled, queued or in flight")
+        got = Counter(tab.payloads())
+        summary(pending_while_paused=pending_while_paused, received=len(got),
+                duplicated=sum(got.values()) - len(got))
+        assert pending_while_paused == 50, "routed by one server, not by the one with the user's tab"
+        assert one_id_each([tab])
+        assert tab.first_payloads() == sent, "in the stream's order"
+    finally:
+        tab.close()
 
 
 @pytest.mark.slow
