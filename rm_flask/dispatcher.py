@@ -77,9 +77,10 @@ class Hooks:
     # Redis lost its data: announce this process again; returns what `Cluster.up` does.
     new_era: Callable[[], list[Any]] = list
     suspect: Callable[[], None] = _nothing  # a server may be dead: look for it now
-    # Inbox entries whose part we routed (queued or written), and the servers in the view
-    # at their place, the last of which acknowledges them (none: ours is only noted).
-    inbox_routed: Callable[[list[str], Sequence[str]], None] = lambda entry_ids, servers: None
+    # A server (we, or one whose part we redid) routed its part of inbox entries (queued
+    # or written); the servers in the view at their place, the last of which to note its
+    # part acknowledges them (none: only noted).
+    inbox_routed: Callable[[str, list[str], Sequence[str]], None] = lambda server, entry_ids, servers: None
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ class Dispatcher:
         # Where our window began (see `View.rejoined`): the last message we had read
         # before losing the subscription, or our `up`. Our `ready` says it.
         self.window_from: Position = (0, 0)
-        self.recovery = Recovery(self.me, store, cluster, self.view, metrics, spawn)
+        self.recovery = Recovery(self.me, store, cluster, self.view, metrics, spawn, hooks.inbox_routed)
         self.drains = Drains(
             self.me, registry, self.view, store, cluster, metrics, spawn,
             send=self.delivery.send, bubble=self.delivery.bubble, copy_drained=self._copy_drained,
@@ -213,6 +214,9 @@ class Dispatcher:
                 if run:
                     self._route_run(run, entries, routed)
                     run, entries = [], []
+                # Noted before the event: our ping's checkpoint says a survivor need not
+                # redo what came before it, nor note our part of it.
+                self._note_routed(routed)
                 try:
                     self._event(cluster_events.parse(data))
                 except Exception:
@@ -229,6 +233,8 @@ class Dispatcher:
                 if incoming is not None:
                     run.append(incoming)
                     entries.append(entry_id)
+                    if len(self.view.servers) > 1:
+                        self.recovery.entry_read(incoming, entry_id)
                 else:
                     ours_redone.append(entry_id)
             else:
@@ -239,10 +245,14 @@ class Dispatcher:
         self.metrics.received.inc(received)
         if run:
             self._route_run(run, entries, routed)
-        for done, servers in routed:
-            self.hooks.inbox_routed(done, servers)
+        self._note_routed(routed)
         if ours_redone:
-            self.hooks.inbox_routed(ours_redone, ())
+            self.hooks.inbox_routed(self.me, ours_redone, ())
+
+    def _note_routed(self, routed: list[tuple[list[str], tuple[str, ...]]]) -> None:
+        for done, servers in routed:
+            self.hooks.inbox_routed(self.me, done, servers)
+        routed.clear()
 
     def _check_declared_dead(self) -> None:
         """We were not running for a while (the process was paused): if the others

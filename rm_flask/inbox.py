@@ -241,13 +241,14 @@ class Inbox:
             return "too_large", f"{len(data)} bytes is over max_payload ({self.max_payload})"
         return None
 
-    def routed(self, entry_ids: list[str], servers: Sequence[str]) -> None:
-        """This server routed its part of these entries (queued or written): the last of
-        `servers` (the view at their place in the sequence) to do so acknowledges them.
-        No `servers`: ours is noted, and the others decide (our part is theirs to redo)."""
+    def routed(self, server: str, entry_ids: list[str], servers: Sequence[str]) -> None:
+        """`server` (this one, or one whose part we redid) routed its part of these
+        entries (queued or written): the last of `servers` (the view at their place in
+        the sequence) to do so acknowledges them. No `servers`: only noted, the others
+        decide (our part is theirs to redo)."""
         try:
             self._routed(keys=[names.INBOX_KEY],
-                         args=[names.INBOX_GROUP, self.me, int(ROUTED_TTL * 1000), names.inbox_routed_key(""),
+                         args=[names.INBOX_GROUP, server, int(ROUTED_TTL * 1000), names.inbox_routed_key(""),
                                len(servers), *servers, *entry_ids])
         except redis.RedisError as exc:
             # Forwarded again later, with the same id: a duplicate, not a loss.

@@ -6,7 +6,8 @@ it dead (and, after it, every other that reads `recovered`) queues what the dead
 in flight and what it was to deliver or queue since its last checkpoint. When a process
 was away (its subscription dropped, or it joined), the others queue what was its to do
 in its window. Each id goes into a queue once, whoever merges it first (docs/cluster.md,
-"Processes come and go").
+"Processes come and go"). Inbox entries in the window are then noted as routed by that
+process (its part is done now), so that they are acknowledged without a redo.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -43,15 +44,30 @@ class Seen(NamedTuple):
     message: tuple[Any, ...]  # Incoming(*message) makes it again
 
 
+class EntrySeen(NamedTuple):
+    """An inbox entry as read, with its place and the servers in the view there (each
+    has a part in it), kept `KEEP_RECENT` seconds like `Seen`."""
+
+    at: float
+    era: str
+    seq: int
+    count: int
+    entry_id: str
+    servers: tuple[str, ...]
+
+
 class Recovery:
     """The ledger of what we read, and the redos made from it, for one process."""
 
     def __init__(self, me: str, store: Store, cluster: Cluster, view: View, metrics: Metrics,
-                 spawn: Callable[..., Any]) -> None:
+                 spawn: Callable[..., Any],
+                 note_routed: Callable[[str, list[str], Sequence[str]], None] = lambda *_: None) -> None:
         self.me, self.store, self.cluster, self.view = me, store, cluster, view
         self.metrics, self.spawn = metrics, spawn
+        self.note_routed = note_routed  # (server, inbox entry ids, the servers at their place)
         # Plain values only: the collector skips such tuples, and there are many of them.
         self.recent: deque[Seen] = deque()
+        self.entries: deque[EntrySeen] = deque()
         # The last own ping before which every message read is in Redis or delivered.
         self.checkpoint = 0
         # A `down` we published and whose event our listener has not read yet, and the
@@ -71,9 +87,14 @@ class Recovery:
 
     def trim(self) -> None:
         cutoff = time.monotonic() - KEEP_RECENT
-        recent = self.recent
-        while recent and recent[0].at < cutoff:
-            recent.popleft()
+        for kept in (self.recent, self.entries):
+            while kept and kept[0].at < cutoff:
+                kept.popleft()
+
+    def entry_read(self, incoming: Incoming, entry_id: str) -> None:
+        """An inbox entry read at `incoming`'s place, with several servers in the view."""
+        self.entries.append(EntrySeen(time.monotonic(), incoming.era, incoming.seq, incoming.count,
+                                      entry_id, tuple(self.view.servers)))
 
     def new_era(self) -> None:
         """Event numbers start again: none we hold means anything now."""
@@ -139,6 +160,7 @@ class Recovery:
             if uids:
                 log.warning("Server %s %s; %d of the messages it was to handle queued again for "
                             "%d users", server, why, sum(added.values()), len(uids))
+            self._note_entries(server, since, until, era)
         except Exception:
             log.exception("Could not redo what server %s missed", server)
             uids = []
@@ -164,6 +186,18 @@ class Recovery:
             owed.setdefault(uid, []).append(incoming.message().stored)
         return owed
 
+    def _note_entries(self, server: str, since: Position, until: int, era: str) -> None:
+        """`server`'s part of the inbox entries in its window is queued now: note it, so
+        that they are acknowledged once the others have routed theirs (or were, by us:
+        `routed.lua` keeps a set), not forwarded again."""
+        by_view: dict[tuple[str, ...], list[str]] = {}
+        for seen in list(self.entries):
+            inside = since < (seen.seq, seen.count) and seen.seq < until
+            if seen.era == era and server in seen.servers and inside:
+                by_view.setdefault(seen.servers, []).append(seen.entry_id)
+        for servers, entry_ids in by_view.items():
+            self.note_routed(server, entry_ids, servers)
+
     def recover(self, dead: str, down_at: int) -> None:
         """Redo what `dead` had not finished: give back its in-flight messages, and queue
         the messages it was to deliver or queue since its last checkpoint, from our own
@@ -177,6 +211,7 @@ class Recovery:
                 given += retrying(f"recovering for {uid}",
                                   partial(self.store.recover, dead, uid, self.view.era, owed.get(uid, [])))
             self.store.forget_dead(dead)
+            self._note_entries(dead, since, down_at, self.view.era)
             self.metrics.recommitted.inc(given)
             log.warning("Server %s is gone; gave %d messages (%d of them read since its last "
                         "checkpoint) back to %d queues", dead, given, sum(map(len, owed.values())), len(uids))

@@ -98,7 +98,7 @@ class Service:
                 declared_dead=lambda: self._join(gap=False),
                 new_era=partial(self._announce, rejoin=False),
                 suspect=lambda: self._reap_soon(),
-                inbox_routed=lambda entry_ids, servers: self.inbox.routed(entry_ids, servers),
+                inbox_routed=lambda server, entry_ids, servers: self.inbox.routed(server, entry_ids, servers),
             ),
         )
         self.inbox = Inbox(self.redis, self.server_id, self.metrics, config.inbox_key_ttl, config.max_payload)

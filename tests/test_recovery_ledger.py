@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from rm_flask.recovery import Recovery, Seen
+from rm_flask.recovery import EntrySeen, Recovery, Seen
 from rm_flask.sequence import Incoming
 
 
@@ -62,3 +62,20 @@ def test_our_down_and_its_event_meet_whichever_comes_first():
             recovery.won("B", 12)
         recovery.read_down("C", 13)  # a `down` another process won: not ours to redo
     assert [call[1:] for call in spawned] == [("B", 12), ("B", 12)]
+
+
+def test_a_redo_notes_the_inbox_entries_of_the_window_for_the_server_it_was_for():
+    noted: list[tuple[str, list[str], tuple[str, ...]]] = []
+    recovery = Recovery("A", store=None, cluster=None, view=None, metrics=None, spawn=None,
+                        note_routed=lambda server, ids, servers: noted.append((server, ids, tuple(servers))))
+    for era, seq, count, entry, servers in [
+        ("e1", 4, 1, "1-0", ("A", "B")),  # before the window: B noted it itself
+        ("e1", 5, 1, "2-0", ("A", "B")),
+        ("e1", 5, 2, "3-0", ("A", "B", "C")),  # another view: noted with it
+        ("e1", 6, 1, "4-0", ("A", "C")),  # B was not in the view: not B's to note
+        ("e0", 6, 2, "5-0", ("A", "B")),  # another era
+        ("e1", 9, 1, "6-0", ("A", "B")),  # at its `down`: after the window
+    ]:
+        recovery.entries.append(EntrySeen(time.monotonic(), era, seq, count, entry, servers))
+    recovery._note_entries("B", (4, 1), 9, "e1")
+    assert noted == [("B", ["2-0"], ("A", "B")), ("B", ["3-0"], ("A", "B", "C"))]
