@@ -116,6 +116,10 @@ class Drains:
                 if user.phase is Phase.ENDING:
                     if user.end is None or not view.sealed(uid, *user.end):
                         batch = None  # the end is not read, or not certified yet
+                    elif view.redoing():
+                        # A redo (of a window opened before the end, say) may still put
+                        # messages from before the end in their places.
+                        batch = None
                     else:
                         batch = self._claim(uid, user.end[0])
                         if batch == []:
@@ -129,7 +133,10 @@ class Drains:
                         self._stop(user)
                         return
                     if view.sealed(uid, *begun) and uid not in view.returning and not view.redoing():
-                        batch = self._claim(uid)
+                        # Only what came before the events we have read: one not read yet
+                        # may open a window whose redo puts older messages in front of
+                        # them. The rest is the end's to send, once that is known.
+                        batch = self._claim(uid, view.seq + 1)
                 if batch:
                     if not announced:
                         announced = True
