@@ -24,7 +24,7 @@ import redis
 from .cluster import Cluster, View
 from .metrics import Metrics
 from .retry import retrying
-from .sequence import Incoming, Position
+from .sequence import Incoming, Position, message_id
 from .store import Store
 
 log = logging.getLogger("rm_flask")
@@ -154,8 +154,8 @@ class Recovery:
         try:
             era = self.view.era
             owed = self.owed_by(server, since, until, era)
-            added = {uid: retrying(f"redoing for {uid}", partial(self.store.merge, uid, era, stored))
-                     for uid, stored in owed.items()}
+            added = {uid: retrying(f"redoing for {uid}", partial(self.store.merge, uid, era, *_split(items)))
+                     for uid, items in owed.items()}
             uids = sorted(uid for uid, n in added.items() if n)
             if uids:
                 log.warning("Server %s %s; %d of the messages it was to handle queued again for "
@@ -169,11 +169,11 @@ class Recovery:
         retrying(f"announcing the redo for {server}",
                  lambda: self.cluster.mark("redone", uids, drain="start", ref=server))
 
-    def owed_by(self, server: str, since: Position, until: int, era: str) -> dict[str, list[str]]:
+    def owed_by(self, server: str, since: Position, until: int, era: str) -> dict[str, list[tuple[str, str]]]:
         """From our copy of the sequence: the messages only `server` was to deliver or
         queue, after `since` (the last one it handled; (0, 0): from the start of what
-        we kept) and before event `until`."""
-        owed: dict[str, list[str]] = {}
+        we kept) and before event `until`, each as (stored envelope, its place)."""
+        owed: dict[str, list[tuple[str, str]]] = {}
         for seen in list(self.recent):
             if seen.duty != server:
                 continue
@@ -183,7 +183,8 @@ class Recovery:
                     continue
             elif since[0]:
                 continue  # it had handled everything of the era before its checkpoint's
-            owed.setdefault(uid, []).append(incoming.message().stored)
+            place = message_id(incoming.era, incoming.seq, incoming.count)
+            owed.setdefault(uid, []).append((incoming.message().stored, place))
         return owed
 
     def _note_entries(self, server: str, since: Position, until: int, era: str) -> None:
@@ -208,8 +209,9 @@ class Recovery:
             uids = sorted(set(owed) | self.store.inflight_users(dead))
             given = 0
             for uid in uids:
+                stored, places = _split(owed.get(uid, []))
                 given += retrying(f"recovering for {uid}",
-                                  partial(self.store.recover, dead, uid, self.view.era, owed.get(uid, [])))
+                                  partial(self.store.recover, dead, uid, self.view.era, stored, places))
             self.store.forget_dead(dead)
             self._note_entries(dead, since, down_at, self.view.era)
             self.metrics.recommitted.inc(given)
@@ -220,3 +222,8 @@ class Recovery:
             uids = []
         retrying(f"announcing the recovery of {dead}",
                  lambda: self.cluster.mark("recovered", uids, drain="start", ref=dead))
+
+
+def _split(owed: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """(the stored envelopes, their places), for `Store.merge` and `Store.recover`."""
+    return [stored for stored, _ in owed], [place for _, place in owed]

@@ -145,11 +145,14 @@ class Store:
         # Only valid uids are ever indexed; anything else could not name a queue.
         return {uid for uid in map(names.decode, members) if names.valid_id(uid)}
 
-    def recover(self, server_id: str, uid: str, era: str, stored: Sequence[str]) -> int:
+    def recover(self, server_id: str, uid: str, era: str, stored: Sequence[str],
+                places: Sequence[str] = ()) -> int:
         """Merge a dead server's in-flight messages and `stored` into `uid`'s queue, in order.
 
-        Returns how many were given (duplicates of queued ones included). The ids of
-        `stored` are remembered as merged: the other processes redo the same window.
+        `places`: each stored message's place in the sequence (`sequence.message_id`; ""
+        or none: the one its id says). Returns how many were given (duplicates of queued
+        ones included). The ids of `stored` are remembered as merged: the other processes
+        redo the same window.
         """
         return self._recover(
             keys=[
@@ -158,17 +161,18 @@ class Store:
                 names.inflight_users_key(server_id),
                 names.merged_key(uid),
             ],
-            args=[self.queue_expiry, uid, era, *stored],
+            args=[self.queue_expiry, uid, era, len(stored), *stored, *_places(stored, places)],
         )
 
-    def merge(self, uid: str, era: str, stored: Sequence[str]) -> int:
+    def merge(self, uid: str, era: str, stored: Sequence[str], places: Sequence[str] = ()) -> int:
         """Merge `stored` into `uid`'s queue in sequence order, each id once, also across
         merges of the last two minutes (`recover` without a dead server's in-flight set:
-        the key it reads for one never exists). Returns how many were new."""
+        the key it reads for one never exists). `places` as in `recover`. Returns how
+        many were new."""
         return self._recover(
             keys=[names.queue_key(uid), names.inflight_key("-", uid), names.inflight_users_key("-"),
                   names.merged_key(uid)],
-            args=[self.queue_expiry, uid, era, *stored],
+            args=[self.queue_expiry, uid, era, len(stored), *stored, *_places(stored, places)],
         )
 
     def group_members(self, cids: Sequence[str]) -> list[set[bytes]]:
@@ -229,3 +233,7 @@ class Writes:
         """Run them; for each append, in order, what `max_queue_length` cut."""
         keys = [*self._keys, names.inflight_users_key(self.store.server_id)]
         return self.store._write(keys=keys, args=self._args, client=self.client)
+
+
+def _places(stored: Sequence[str], places: Sequence[str]) -> list[str]:
+    return list(places) if places else [""] * len(stored)

@@ -20,8 +20,8 @@ def ledger(*rows: tuple[str, str | None, str, int, int]) -> Recovery:
     return recovery
 
 
-def payloads(owed: dict[str, list[str]]) -> dict[str, list[str]]:
-    return {uid: [json.loads(s)["payload"] for s in stored] for uid, stored in owed.items()}
+def payloads(owed: dict[str, list[tuple[str, str]]]) -> dict[str, list[str]]:
+    return {uid: [json.loads(s)["payload"] for s, _ in items] for uid, items in owed.items()}
 
 
 def test_the_ledger_gives_only_the_dead_servers_duty_inside_its_window():
@@ -45,8 +45,9 @@ def test_messages_of_an_earlier_era_count_only_without_a_checkpoint():
 
 def test_a_redone_message_keeps_the_id_it_was_read_with():
     recovery = ledger(("u", "B", "e1", 0x1F, 2))
-    (stored,) = recovery.owed_by("B", (0, 0), 0x40, "e1")["u"]
+    ((stored, place),) = recovery.owed_by("B", (0, 0), 0x40, "e1")["u"]
     assert json.loads(stored)["id"] == "e1.1f.2"
+    assert place == "e1.1f.2", "its place, given apart for the merge (an inbox id has none)"
 
 
 def test_our_down_and_its_event_meet_whichever_comes_first():

@@ -96,6 +96,25 @@ def test_recover_merges_a_dead_servers_work_in_order_each_id_once(r):
     assert 0 < r.ttl("rm:users:a:messages") <= 100
 
 
+def test_a_merge_puts_inbox_messages_in_the_places_it_is_given(store, r):
+    """An inbox message's id is made from its entry, so it says nothing of its place: a
+    redo gives the place apart, and queued inbox messages keep the stream's order (their
+    entry ids). Before, a merged one went in front (a redo of a joining process's window
+    put entry 800 before 0-790 in the inbox test)."""
+    def inbox(n: int) -> str:
+        return json.dumps({"id": f"i-{n}-0", "payload": str(n)}, separators=(",", ":"))
+
+    for n in (1, 2, 6, 7):  # 3-5 were missed (a joining process's window), 6-7 queued after
+        store.append("u", inbox(n))
+    store.append("u", env(9, 1))
+    assert store.merge("u", "e1", [inbox(3), inbox(4), inbox(5)], ["e1.3.1", "e1.3.2", "e1.4.1"]) == 3
+    assert ids(r, "u") == ["i-1-0", "i-2-0", "i-3-0", "i-4-0", "i-5-0", "i-6-0", "i-7-0", "e1.9.1"], (
+        "the merged ones in their places; a queued inbox message after those of older entries")
+    store.append("u", env(10, 1))
+    assert store.merge("u", "e1", [env(8, 1)]) == 1
+    assert ids(r, "u")[-3:] == ["e1.8.1", "e1.9.1", "e1.a.1"], "places from ids, as before"
+
+
 def test_a_dead_servers_checkpoint_outlives_its_recovery_for_two_minutes(store, r):
     """Every survivor redoes the dead server's window after its checkpoint, the winner
     first: the others read the checkpoint after the winner is done."""

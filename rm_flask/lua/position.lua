@@ -7,6 +7,13 @@ local function position(item)
   if g then return tonumber(g, 16), tonumber(n, 16), era end
   return -1, 0, nil
 end
+-- A place given apart from the envelope ("$era.$event.$count"): an inbox message's id
+-- is made from its entry, not from where it was read.
+local function place(text)
+  local era, g, n = string.match(text, '^([^.]*)%.(%x+)%.(%x+)$')
+  if g then return tonumber(g, 16), tonumber(n, 16), era end
+  return -1, 0, nil
+end
 local function id_of(item)
   return string.match(item, '^{"id":"([^"]*)"')
 end
