@@ -258,6 +258,28 @@ def publish_steadily(r: redis.Redis, uids: list[str], count: int, rate: float) -
     return payloads
 
 
+def entries_arrived(r: redis.Redis, tabs: list[RMClient], uids: list[str], sent: list[str],
+                    summary, within: float) -> Counter[str]:
+    """Wait until every entry `sent` has reached a tab and nothing is left unhandled,
+    queued or in flight; report the counts, and assert each entry received, one id
+    each, each user's in the stream's order. Returns the copies received of each."""
+    def received() -> set[str]:
+        return {p for t in tabs for p in t.payloads()}
+
+    wait_until(lambda: received() >= set(sent), within,
+               lambda: f"every entry ({len(set(sent) - received())} missing)")
+    wait_until(lambda: settled(r, uids), 30, "every entry acknowledged, nothing queued or in flight")
+    got = Counter(p for t in tabs for p in t.payloads())
+    late = sum(t.first_payloads() != sorted(t.first_payloads(), key=lambda p: int(p.split(":")[0]))
+               for t in tabs)
+    summary(sent=len(sent), received=len(got), lost=len(set(sent) - set(got)),
+            duplicated=sum(got.values()) - len(got), tabs_out_of_order=late)
+    assert set(got) == set(sent)
+    assert one_id_each(tabs), "a redo keeps the entry's id"
+    assert late == 0, "each user's entries in the stream's order"
+    return got
+
+
 @pytest.mark.slow
 def test_kill_9_of_the_reader_of_3_loses_no_entry(inbox_r, make_server, uid, summary):
     """The reader dies mid-stream (2,000 entries/s to 20 ack-mode users on the others):
@@ -277,21 +299,8 @@ def test_kill_9_of_the_reader_of_3_loses_no_entry(inbox_r, make_server, uid, sum
         time.sleep(1.0)
         reader.kill()
         publisher.join(30)
-
-        def received() -> set[str]:
-            return {p for t in tabs for p in t.payloads()}
-
-        wait_until(lambda: received() >= set(sent), 40,
-                   lambda: f"every entry ({len(set(sent) - received())} missing)")
-        wait_until(lambda: settled(r, uids), 20, "nothing unhandled, queued or in flight")
-        got = Counter(p for t in tabs for p in t.payloads())
-        late = sum(t.first_payloads() != sorted(t.first_payloads(), key=lambda p: int(p.split(":")[0]))
-                   for t in tabs)
-        summary(sent=len(sent), received=len(got), lost=len(set(sent) - set(got)),
-                duplicated=sum(got.values()) - len(got), tabs_out_of_order=late)
-        assert len(sent) == 6000 and set(got) == set(sent)
-        assert one_id_each(tabs), "a redo keeps the entry's id"
-        assert late == 0, "each user's entries in the stream's order"
+        entries_arrived(r, tabs, uids, sent, summary, within=40)
+        assert len(sent) == 6000
     finally:
         for tab in tabs:
             tab.close()
@@ -356,21 +365,8 @@ def test_a_server_started_into_inbox_traffic_loses_no_entry(inbox_r, make_server
         time.sleep(1.5)
         servers.append(make_server(log_level="warning"))
         publisher.join(30)
-
-        def received() -> set[str]:
-            return {p for t in tabs for p in t.payloads()}
-
-        wait_until(lambda: received() >= set(sent), 30,
-                   lambda: f"every entry ({len(set(sent) - received())} missing)")
-        wait_until(lambda: settled(r, uids), 30, "every entry acknowledged, nothing queued or in flight")
-        got = Counter(p for t in tabs for p in t.payloads())
-        late = sum(t.first_payloads() != sorted(t.first_payloads(), key=lambda p: int(p.split(":")[0]))
-                   for t in tabs)
-        summary(sent=len(sent), received=len(got), lost=len(set(sent) - set(got)),
-                duplicated=sum(got.values()) - len(got), tabs_out_of_order=late)
-        assert len(sent) == 5000 and set(got) == set(sent)
-        assert one_id_each(tabs), "a redo keeps the entry's id"
-        assert late == 0, "each user's entries in the stream's order"
+        got = entries_arrived(r, tabs, uids, sent, summary, within=30)
+        assert len(sent) == 5000
         assert sum(got.values()) == len(got), "nothing sent twice"
     finally:
         for tab in tabs:
