@@ -296,7 +296,7 @@ def test_kill_9_of_the_reader_of_3_loses_no_entry(inbox_r, make_server, uid, sum
     publisher = threading.Thread(target=lambda: sent.extend(publish_steadily(r, uids, 6000, 2000)))
     try:
         publisher.start()
-        time.sleep(1.0)
+        wait_until(lambda: sum(len(t.payloads()) for t in tabs) >= 1500, 10, "a stream flowing to the tabs")
         reader.kill()
         publisher.join(30)
         entries_arrived(r, tabs, uids, sent, summary, within=40)
@@ -362,7 +362,7 @@ def test_a_server_started_into_inbox_traffic_loses_no_entry(inbox_r, make_server
     publisher = threading.Thread(target=lambda: sent.extend(publish_steadily(r, uids, 5000, 1000)))
     try:
         publisher.start()
-        time.sleep(1.5)
+        wait_until(lambda: sum(len(t.payloads()) for t in tabs) >= 1200, 10, "a stream flowing to the tabs")
         servers.append(make_server(log_level="warning"))
         publisher.join(30)
         got = entries_arrived(r, tabs, uids, sent, summary, within=30)
