@@ -111,9 +111,21 @@ class Delivery:
     def replay(self, user: User, conn: Conn) -> None:
         """Bring a socket that joins an online user up to date, in order (lock held)."""
         bubble = conn.sid == self.bubble(user.uid)
+        orphans = {p.message.id: (sid, p) for sid, held in user.leaving.items() for p in held}
         for msg in self.owed_to_new_tab(user):
             pending = user.pending.get(msg.id)
-            if pending is not None:
+            orphan = orphans.pop(msg.id, None) if pending is None else None
+            if orphan is not None:
+                # This socket's now, no longer given back with the tab that left: given
+                # back too, it came again after this socket had acknowledged it.
+                sid, taken = orphan
+                user.leaving[sid].remove(taken)
+                if conn.ack:
+                    user.pending[msg.id] = Pending(msg, {conn.sid})
+                else:
+                    self.metrics.delivered.inc()
+                    self.settler.settle(user.uid, [msg.stored])
+            elif pending is not None:
                 if conn.ack:
                     pending.waiting.add(conn.sid)
                 else:

@@ -119,6 +119,24 @@ def test_a_joining_tab_also_gets_first_what_a_tab_that_left_held_or_was_kept_for
     assert user.pending["e.1.3"].waiting == {"t0", "late"}, "its ack counts too"
 
 
+def test_what_a_tab_that_left_held_becomes_the_new_tabs_and_is_not_given_back_too():
+    """Replayed to the new tab and also given back with the tab that left, a message
+    came again after the new tab had acknowledged it (the churn test: 1 in 1 of 15 runs)."""
+    delivery, user, transport, store, metrics = setup(("t0", True))
+    user.leaving["gone"] = [Pending(msg(1), set())]
+    late = Conn("late", "127.0.0.1:2", ack=True)
+    user.conns.append(late)
+    delivery.replay(user, late)
+    assert user.leaving["gone"] == [], "not given back with the tab that left"
+    assert user.pending["e.1.1"].waiting == {"late"}
+    transport.callbacks[("late", "e.1.1")]()
+    assert user.pending == {} and delivered(metrics) == 1
+    plain = Conn("plain", "127.0.0.1:3", ack=False)
+    user.leaving["gone"] = [Pending(msg(2), set())]
+    delivery.replay(user, plain)
+    assert user.leaving["gone"] == [] and delivered(metrics) == 2, "written to a plain tab: delivered"
+
+
 def test_a_tab_awaiting_replays_gets_them_and_what_came_meanwhile_in_sequence_order():
     delivery, user, transport, _, _ = setup(("t0", True))
     tab = user.conns[0]
