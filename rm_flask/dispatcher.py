@@ -43,7 +43,7 @@ from .delivery import Delivery
 from .drain import Drains
 from .envelope import Message
 from .listener import SUBSCRIBED_HERE
-from .metrics import Metrics
+from .metrics import Metrics, observe_many
 from .recovery import Recovery, Seen
 from .registry import Conn, Phase, Registry, User
 from .retry import retrying
@@ -297,9 +297,7 @@ class Dispatcher:
         started = time.perf_counter()
         try:
             handled = self._deliver(self._plan(run))
-            elapsed = time.perf_counter() - started
-            for _ in range(handled):
-                self.metrics.latency.observe(elapsed)
+            observe_many(self.metrics.latency, time.perf_counter() - started, handled)
             return True
         except Exception:
             # Not a connection error (those are retried until Redis is back): Redis said
