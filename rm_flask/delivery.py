@@ -120,12 +120,8 @@ class Delivery:
                 # back too, it came again after this socket had acknowledged it.
                 sid, taken = orphan
                 user.leaving[sid].remove(taken)
-                if conn.ack:
-                    user.pending[msg.id] = Pending(msg, {conn.sid})
-                else:
-                    self.metrics.delivered.inc()
-                    self.settler.settle(user.uid, [msg.stored])
-            elif pending is not None:
+                pending = user.pending[msg.id] = Pending(msg, set())
+            if pending is not None:
                 if conn.ack:
                     pending.waiting.add(conn.sid)
                 else:

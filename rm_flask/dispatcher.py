@@ -555,14 +555,14 @@ class Dispatcher:
                     user = self.registry.join(conn, uid)
                     # What the others' replays hold is older than what we send it now.
                     conn.awaiting, conn.awaiting_since = others, time.monotonic()
-                    if not event.first:
-                        self.delivery.replay(user, conn)
-                    elif user.leftover and uid not in self.view.returning:
-                        self.spawn(self.sessions.return_leftover, uid)
                     # With `first`, a drain begins here, and what a tab that left kept is
                     # given back to the queue, which the drain waits for. The queue may
                     # also hold what that tab's drain had not sent yet, older than what
                     # it kept: replayed, the kept messages came first.
+                    if not event.first:
+                        self.delivery.replay(user, conn)
+                    elif user.leftover and uid not in self.view.returning:
+                        self.spawn(self.sessions.return_leftover, uid)
         elif self.me in others:
             # Sent even when empty: that tab takes nothing until it has it. What our tabs
             # hold unacknowledged would otherwise reach it only if they leave (given
