@@ -136,6 +136,8 @@ def init_app(socketio: SocketIO, service: Service) -> None:
     # no Flask request context, and making one per event cost more than the ack (a tab
     # that gets a message every few hundred ms sends an `ack` for each).
     socketio.server.on("ack", ack, namespace=namespace)
+    # And most of them before it: handled where they are read (see `take_acks`).
+    transport.take_acks(ack)
 
     @socketio.on("disconnect", namespace=namespace)
     def disconnect(reason: Any = None) -> None:
