@@ -163,6 +163,7 @@ class Dispatcher:
         # Ids of the messages the run being routed left in memory here (held behind a
         # drain, kept for a socket leaving): their inbox entries are not routed yet.
         self._in_memory: set[str] = set()
+        self._routed_here = inbox.RoutedHere()
 
     ### Joining the cluster ###
 
@@ -176,6 +177,7 @@ class Dispatcher:
         ours to do until our `ready`, the others redo.
         """
         seq, era, servers, sockets, draining = snapshot
+        self._routed_here.forget()
         self._joining = Joining(int(seq), read, was, era.decode(),
                                 [s.decode() for s in servers], sockets, draining)
         self.view.synced = False
@@ -204,6 +206,7 @@ class Dispatcher:
         entries: list[str] = []  # inbox entries in `run`
         routed: list[tuple[list[str], tuple[str, ...]]] = []  # and those routed, by view
         ours_redone: list[str] = []  # inbox entries whose part the others redo
+        again: list[str] = []  # inbox entries forwarded again whose part we did already
         if time.monotonic() - self.alive_at > SUSPENDED_AFTER and not self._given_up:
             self._check_declared_dead()
         for channel, data in items:
@@ -214,6 +217,9 @@ class Dispatcher:
                 if run:
                     self._route_run(run, entries, routed)
                     run, entries = [], []
+                if again:
+                    routed.append((again, tuple(self.view.servers)))
+                    again = []
                 # Noted before the event: our ping's checkpoint says a survivor need not
                 # redo what came before it, nor note our part of it.
                 self._note_routed(routed)
@@ -230,13 +236,17 @@ class Dispatcher:
                     continue
                 entry_id, target, payload = entry
                 incoming = self._incoming(target, payload, inbox.envelope_id(entry_id))
-                if incoming is not None:
+                if incoming is None:
+                    ours_redone.append(entry_id)
+                elif entry_id in self._routed_here:
+                    # Forwarded again for another server's part: ours is queued or
+                    # written. Said again, in case saying so was what failed.
+                    again.append(entry_id)
+                else:
                     run.append(incoming)
                     entries.append(entry_id)
                     if len(self.view.servers) > 1:
                         self.recovery.entry_read(incoming, entry_id)
-                else:
-                    ours_redone.append(entry_id)
             else:
                 received += 1
                 incoming = self._incoming(channel, data)
@@ -245,12 +255,15 @@ class Dispatcher:
         self.metrics.received.inc(received)
         if run:
             self._route_run(run, entries, routed)
+        if again:
+            routed.append((again, tuple(self.view.servers)))
         self._note_routed(routed)
         if ours_redone:
             self.hooks.inbox_routed(self.me, ours_redone, ())
 
     def _note_routed(self, routed: list[tuple[list[str], tuple[str, ...]]]) -> None:
         for done, servers in routed:
+            self._routed_here.add(done)
             self.hooks.inbox_routed(self.me, done, servers)
         routed.clear()
 
@@ -480,6 +493,7 @@ class Dispatcher:
         log.warning("Redis lost the cluster's state; a new era: announcing this server, its "
                     "sockets and what it has in flight again")
         snapshot = self.hooks.new_era()
+        self._routed_here.forget()
         self.view.new_era(first, snapshot[1].decode())
         self.recovery.new_era()
         writes = self.store.writes(from_listener=True)

@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis
@@ -53,6 +54,15 @@ def envelope_id(entry_id: str) -> str:
     """The envelope id of an inbox message. No dots: the queue's scripts read a place in
     the sequence from ours, and a redo of an entry is forwarded at another place."""
     return f"i-{entry_id}"
+
+
+def entry_order(msg_id: str) -> tuple[int, int] | None:
+    """Where an inbox message's entry stands in the stream, from its envelope id; None
+    for any other id. Per user, inbox messages keep this order (SPEC §9)."""
+    ms, sep, rest = msg_id.removeprefix("i-").partition("-")
+    if not (sep and msg_id.startswith("i-") and ms.isdigit() and rest.isdigit()):
+        return None
+    return int(ms), int(rest)
 
 
 def unframe(raw: bytes) -> tuple[str, str, bytes] | None:
@@ -311,6 +321,36 @@ class Inbox:
         unhandled, oldest_at = self._seen
         age = max(0.0, time.time() - oldest_at) if oldest_at else 0.0
         return {"unhandled": unhandled, "oldest_s": round(age, 3), "read_here": self.reading}
+
+
+class RoutedHere:
+    """Inbox entries this server routed its part of, for `ROUTED_TTL` after the last time.
+
+    An entry is forwarded again while another server's part is missing (it died, or was
+    paused): routed here a second time, ours would be queued twice, or sent again after
+    newer messages. Forgotten when our subscription is lost: Redis may have restarted
+    without our last writes, and then ours must be done again.
+    """
+
+    def __init__(self, horizon: float = ROUTED_TTL) -> None:
+        self.horizon = horizon
+        self._at: OrderedDict[str, float] = OrderedDict()  # entry id -> when; oldest first
+
+    def add(self, entry_ids: Iterable[str]) -> None:
+        now = time.monotonic()
+        at = self._at
+        for entry_id in entry_ids:
+            at[entry_id] = now
+            at.move_to_end(entry_id)
+        cutoff = now - self.horizon
+        while at and next(iter(at.values())) < cutoff:
+            at.popitem(last=False)
+
+    def __contains__(self, entry_id: str) -> bool:
+        return entry_id in self._at
+
+    def forget(self) -> None:
+        self._at.clear()
 
 
 def _text(value: bytes | str) -> str:

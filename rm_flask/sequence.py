@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
-from . import envelope
+from . import envelope, inbox
 from .envelope import Message
 
 # The event before a message, and its count since. (E, 0) is the event itself, before any
@@ -39,13 +39,16 @@ def position_text(position: Position) -> str:
 
 def in_sequence(messages: Iterable[Message], era: str) -> list[Message]:
     """`messages` once per id, those of `era` in the order of the sequence (the place
-    their id names). The others (from an era before, or another program's, whose ids
-    name no place) keep the places they came in: how they stand to ours is unknown."""
+    their id names), and inbox messages among themselves in the stream's order (as the
+    queue's scripts order them). The others (from an era before, or another program's,
+    whose ids name no place) keep the places they came in, as do both kinds to each
+    other: how they stand is unknown."""
     unique: dict[str, Message] = {}
     for msg in messages:
         unique.setdefault(msg.id, msg)
     out = list(unique.values())
     places: dict[str, Position] = {}
+    entries: dict[str, Position] = {}
     for msg in out:
         parts = msg.id.split(".")
         if len(parts) == 3 and parts[0] == era:
@@ -53,10 +56,13 @@ def in_sequence(messages: Iterable[Message], era: str) -> list[Message]:
                 places[msg.id] = int(parts[1], 16), int(parts[2], 16)
             except ValueError:
                 pass
-    slots = [at for at, msg in enumerate(out) if msg.id in places]
-    ours = sorted((out[at] for at in slots), key=lambda msg: places[msg.id])
-    for at, msg in zip(slots, ours, strict=True):
-        out[at] = msg
+        elif (entry := inbox.entry_order(msg.id)) is not None:
+            entries[msg.id] = entry
+    for order in (places, entries):
+        slots = [at for at, msg in enumerate(out) if msg.id in order]
+        ordered = sorted((out[at] for at in slots), key=lambda msg: order[msg.id])
+        for at, msg in zip(slots, ordered, strict=True):
+            out[at] = msg
     return out
 
 

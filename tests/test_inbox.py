@@ -18,7 +18,7 @@ import redis
 
 import rm_flask
 from rm_flask import names
-from rm_flask.inbox import Inbox, InvalidChannel, envelope_id
+from rm_flask.inbox import Inbox, InvalidChannel, RoutedHere, envelope_id
 from rm_flask.metrics import Metrics
 from tests.support.accounting import in_flight_count
 from tests.support.clients import RMClient, ack, connected
@@ -181,6 +181,22 @@ def test_an_entry_is_acknowledged_only_once_every_server_in_the_view_routed_its_
     inbox.routed("b", [redone], view)
     inbox.routed("c", [redone], view)  # noted for c, who died, by the process that redid its part
     assert pending() == 0
+
+
+def test_a_server_remembers_the_entries_it_routed_until_its_subscription_is_lost(monkeypatch):
+    """What `RoutedHere` holds decides whether an entry forwarded again is routed here
+    again: for `ROUTED_TTL` after the last time, and not after a rejoin (`forget`)."""
+    clock = [100.0]
+    monkeypatch.setattr("rm_flask.inbox.time.monotonic", lambda: clock[0])
+    routed = RoutedHere(horizon=60)
+    routed.add(["1-0", "2-0"])
+    clock[0] = 130.0
+    routed.add(["3-0", "1-0"])  # the first forwarded again: remembered from now
+    clock[0] = 170.0
+    routed.add([])
+    assert "2-0" not in routed and "1-0" in routed and "3-0" in routed
+    routed.forget()
+    assert "1-0" not in routed and "3-0" not in routed
 
 
 def test_a_reader_that_lost_its_lease_forwards_nothing(inbox_r):

@@ -72,6 +72,25 @@ def test_a_give_back_goes_before_newer_and_after_older_queued_messages(r):
     assert ids(r, "u") == ["e1.1.1", "e1.2.1", "e1.3.1", "e1.4.1", "e1.5.1", "e1.7.1", "e1.9.1"]
 
 
+def inbox_env(ms, n=0):
+    """A stored inbox message: its id names its stream entry, not a place."""
+    return json.dumps({"id": f"i-{ms}-{n}", "p": f"{ms}-{n}"}, separators=(",", ":"))
+
+
+def test_inbox_messages_are_appended_and_given_back_in_the_streams_order(r):
+    """Their ids name no place in the sequence, but their entries stand in the stream's
+    order: a give-back goes behind older entries queued since (a redo put them there),
+    and a late append takes its place among them, each id once."""
+    store = Store(r, "srv1", queue_expiry=100, max_queue_length=100)
+    for ms in (1000, 3000, 9000):
+        store.append("u", inbox_env(ms))
+    store.append("u", inbox_env(2000, 1))
+    store.append("u", inbox_env(3000))  # forwarded again: there already
+    store.recommit("u", [inbox_env(2000, 0), inbox_env(5000), inbox_env(10000)])
+    assert ids(r, "u") == ["i-1000-0", "i-2000-0", "i-2000-1", "i-3000-0", "i-5000-0", "i-9000-0",
+                           "i-10000-0"]
+
+
 def test_claim_stops_at_the_end_of_a_drain(r):
     store = Store(r, "srv1", queue_expiry=100, max_queue_length=100)
     for seq in (3, 4, 5, 6):

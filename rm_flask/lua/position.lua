@@ -17,8 +17,19 @@ end
 local function id_of(item)
   return string.match(item, '^{"id":"([^"]*)"')
 end
+-- An inbox message's id is made from its stream entry ("i-$ms-$seq"): two of them stand
+-- in the stream's order, the order they were forwarded in.
+local function entry_of(id)
+  local ms, sq = string.match(id or '', '^i%-(%d+)%-(%d+)$')
+  if ms then return tonumber(ms), tonumber(sq) end
+end
 local function before(a, b)
   local ag, an, aera = position(a)
   local bg, bn, bera = position(b)
-  return aera ~= nil and aera == bera and (ag < bg or (ag == bg and an < bn))
+  if aera ~= nil or bera ~= nil then
+    return aera ~= nil and aera == bera and (ag < bg or (ag == bg and an < bn))
+  end
+  local am, as = entry_of(id_of(a))
+  local bm, bs = entry_of(id_of(b))
+  return am ~= nil and bm ~= nil and (am < bm or (am == bm and as < bs))
 end

@@ -30,10 +30,6 @@ for _, item in ipairs(redis.call('LRANGE', queue, 0, -1)) do items[#items + 1] =
 -- order, in which they were forwarded: a queued one goes after every merged one of an
 -- older entry. The merged ones with a place, by entry id, each with the furthest place
 -- of those up to it.
-local function entry_of(id)
-  local ms, sq = string.match(id or '', '^i%-(%d+)%-(%d+)$')
-  if ms then return tonumber(ms), tonumber(sq) end
-end
 local function later(ag, an, bg, bn) return ag > bg or (ag == bg and an > bn) end
 local placed = {}
 for i = merged_from, queued_from - 1 do
