@@ -171,7 +171,8 @@ def views_agree(servers: list[ServerProcess]) -> bool:
     return len(digests) == 1
 
 
-def run_transition(fault: str, processes: int, tmp_path: Path, logs_dir: Path) -> dict[str, object]:
+def run_transition(fault: str, processes: int, tmp_path: Path, logs_dir: Path,
+                   via: str = "publish") -> dict[str, object]:
     redis_server = start_redis(tmp_path / "redis", persist=fault in PERSIST,
                                fsync_always=fault in PERSIST)
     r = redis.Redis(port=redis_server.port)
@@ -179,7 +180,7 @@ def run_transition(fault: str, processes: int, tmp_path: Path, logs_dir: Path) -
                for _ in range(processes)]
     online = [f"{fault}-on{i}" for i in range(ONLINE)]
     offline = [f"{fault}-off{i}" for i in range(OFFLINE)]
-    stream = Stream(r, online + offline)
+    stream = Stream(r, online + offline, via=via)
     rig = Rig(redis_server, r, servers, {}, {}, stream)
     stop = threading.Event()
     threads = [threading.Thread(target=stream.publish, args=(10**9, RATE, stop), daemon=True),
@@ -209,7 +210,7 @@ def run_transition(fault: str, processes: int, tmp_path: Path, logs_dir: Path) -
         excusable = set()
         if fault in DELETES_DATA:
             excusable = {p for p, at in stream.sent_at.items() if at < fault_done + 0.05}
-        elif (fault, processes) in CUTS_THE_ONLY_COPY:
+        elif (fault, processes) in CUTS_THE_ONLY_COPY and via == "publish":
             # Redis answers a PUBLISH before it writes the message to the subscribers, in
             # the same turn of its loop: killed in between, or the subscriber's connection
             # cut, it never sends what it said it had, and no other process has it. Only
@@ -270,7 +271,7 @@ def run_transition(fault: str, processes: int, tmp_path: Path, logs_dir: Path) -
             agree = False
         examples = sorted(((round(stream.sent_at[p] - faulted, 3), uid, p) for uid, m in gone.items()
                            for p in m - excusable))[:6]
-        counts = {"fault": fault, "processes": processes, "owed": stream.sent, "lost": lost,
+        counts = {"fault": fault, "processes": processes, "via": via, "owed": stream.sent, "lost": lost,
                   "lost_examples": examples,
                   "deleted_by_the_fault" if fault in DELETES_DATA else "cut_before_sent": deleted,
                   "queue_duplicates": sum(rig.queue_dups.values()),
@@ -310,6 +311,13 @@ RECONNECT_ELSEWHERE = {"sigterm_one", "kill9_then_flushall"}
 LATE_AFTER_A_REDIS_RESTART = {"restart_empty"}
 
 
+# With one process, an inbox entry forwarded in the instant its only subscription is cut
+# was answered for by Redis and never sent (what `cut_before_sent` counts with PUBLISH):
+# it stays unacknowledged and is forwarded again after `inbox.REDO_AFTER`, behind newer
+# entries. Late, never lost (2-5 a run on 3 December).
+LATE_AFTER_AN_UNHEARD_FORWARD = {("client_kill_one", 1)}
+
+
 def check(counts: dict[str, object]) -> None:
     assert counts["lost"] == 0, counts
     assert counts["queue_duplicates"] == 0, counts
@@ -321,6 +329,10 @@ def check(counts: dict[str, object]) -> None:
                      f"{counts['late_examples']}")
     if counts["late"] and counts["fault"] in LATE_AFTER_A_REDIS_RESTART and counts["processes"] > 1:
         pytest.xfail(f"issue #10, late after a Redis restart: {counts['late']}: {counts['late_examples']}")
+    if (counts["late"] and counts["via"] == "inbox"
+            and (counts["fault"], counts["processes"]) in LATE_AFTER_AN_UNHEARD_FORWARD):
+        pytest.xfail(f"issue #10, an inbox entry late after a forward nobody heard: {counts['late']}: "
+                     f"{counts['late_examples']}")
     assert counts["late"] == 0, counts
 
 
@@ -339,6 +351,26 @@ def test_three_processes(fault: str, run: int, tmp_path: Path, logs_dir: Path, s
 @pytest.mark.parametrize("fault", ONE)
 def test_one_process(fault: str, tmp_path: Path, logs_dir: Path, summary) -> None:
     check(summary(**run_transition(fault, 1, tmp_path, logs_dir)))
+
+
+# The inbox keeps what no process has routed yet (SPEC §9): the same faults, with every
+# message added to it instead of PUBLISHed, and every one owed, also those a cut
+# subscription was never sent.
+INBOX = ["client_kill_one", "client_pause", "kill9_one", "sigterm_one", "restart_aof"]
+
+
+@pytest.mark.parametrize("fault", INBOX)
+def test_three_processes_inbox(fault: str, tmp_path: Path, logs_dir: Path, summary) -> None:
+    check(summary(**run_transition(fault, 3, tmp_path, logs_dir, via="inbox")))
+
+
+@pytest.mark.parametrize("fault", ["client_kill_one", "restart_aof"])
+def test_one_process_inbox(fault: str, tmp_path: Path, logs_dir: Path, summary) -> None:
+    check(summary(**run_transition(fault, 1, tmp_path, logs_dir, via="inbox")))
+
+
+def test_three_processes_inbox_one_paused_past_its_heartbeat(tmp_path: Path, logs_dir: Path, summary) -> None:
+    check(summary(**run_transition("sigstop_past_heartbeat", 3, tmp_path, logs_dir, via="inbox")))
 
 
 def test_three_processes_one_paused_past_its_heartbeat(tmp_path: Path, logs_dir: Path, summary) -> None:

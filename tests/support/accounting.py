@@ -12,13 +12,17 @@ from typing import Any
 
 import redis
 
+import rm_flask
+
 
 @dataclass
 class Stream:
     """Publishes `seq:uid` payloads to users, remembering which ones a server received.
 
     PUBLISH returns how many subscribers got the message; only those with at least one
-    are owed (SPEC §5: what is published while no server listens is not seen).
+    are owed (SPEC §5: what is published while no server listens is not seen). With
+    `via="inbox"` every payload is added to the inbox instead, and every one is owed
+    (SPEC §9).
     """
 
     r: redis.Redis
@@ -27,6 +31,7 @@ class Stream:
     sent_at: dict[str, float] = field(default_factory=dict)  # payload -> when PUBLISH returned
     unseen: int = 0
     failed: int = 0
+    via: str = "publish"
     _seq: int = 0
 
     def publish(self, count: int, rate: float | None = None, stop: threading.Event | None = None) -> None:
@@ -38,7 +43,11 @@ class Stream:
             self._seq += 1
             payload = f"{self._seq}:{uid}"
             try:
-                if self.r.publish(f"rm.users.{uid}", payload) > 0:
+                if self.via == "inbox":
+                    rm_flask.publish(self.r, f"rm.users.{uid}", payload)
+                    self.owed[uid].append(payload)
+                    self.sent_at[payload] = time.monotonic()
+                elif self.r.publish(f"rm.users.{uid}", payload) > 0:
                     self.owed[uid].append(payload)
                     self.sent_at[payload] = time.monotonic()
                 else:
