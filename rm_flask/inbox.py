@@ -106,6 +106,9 @@ class Inbox:
         self.reading = False  # we hold the lease
         self._group_ready = False
         self._taken_over = False  # the lease just came to us
+        # When our subscription came back with no other server to have heard what we
+        # forwarded before (see `resubscribed`); 0.0: it has not been lost since.
+        self._heard_from = 0.0
         # Read, and not forwarded yet: no server was subscribed to hear them.
         self._unforwarded: list[tuple[bytes, dict[bytes, bytes]]] = []
         self._trimmed_at = 0.0
@@ -205,10 +208,47 @@ class Inbox:
             self._trimmed_at = time.monotonic()
             self.trim()
 
+    def resubscribed(self, alone: bool) -> None:
+        """Our subscription is back (said as it is, before the listener reads on). If no
+        other server was subscribed, what we forwarded just before it was cut may have
+        been answered for by Redis and never sent to anyone: it goes again before
+        anything else is forwarded (`_forward_unheard`), or its users would get newer
+        entries first. With others, they heard it, and they redo our part."""
+        if alone:
+            self._heard_from = time.monotonic()
+
+    def _forward_unheard(self) -> set[bytes]:
+        """Forward again every entry read before our subscription came back and not
+        acknowledged since, in the stream's order; returns their ids."""
+        since, self._heard_from = self._heard_from, 0.0
+        idle = int((time.monotonic() - since) * 1000)
+        claimed: list[tuple[bytes, dict[bytes, bytes]]] = []
+        cursor = "0-0"
+        while True:
+            reply = self.client.xautoclaim(names.INBOX_KEY, names.INBOX_GROUP, self.me, idle, cursor,
+                                           count=BATCH)
+            cursor = _text(reply[0])
+            claimed += reply[1]
+            if cursor == "0-0":
+                break
+        if claimed:
+            log.warning("Inbox: forwarding %d entries again (forwarded as our subscription was cut)",
+                        len(claimed))
+            self.forward(claimed)
+        return {entry_id for entry_id, _ in claimed}
+
     def forward(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """Forward entries into the sequence, in order; those no server could route are
         acknowledged, logged and counted, never retried. What no server was subscribed
         to hear waits for the next pass (`_unforwarded`), ahead of anything newer."""
+        if self._heard_from:
+            again = self._forward_unheard()
+            # What of those went unheard again waits, and everything else behind it.
+            left, self._unforwarded = self._unforwarded, []
+            entries = left + [entry for entry in entries if entry[0] not in again]
+            if left:
+                self._unforwarded = entries
+                return
         args: list[Any] = []
         valid: list[tuple[bytes, dict[bytes, bytes]]] = []
         bad: list[bytes] = []

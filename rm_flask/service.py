@@ -203,6 +203,7 @@ class Service:
         if connection is not None:
             connection.disconnect()
         view = self.dispatcher.view
+        self.inbox.resubscribed(alone=len(view.servers) < 2)
         read, era = (self.dispatcher.last_read(), view.era) if view.synced and gap else ((0, 0), "")
         self.dispatcher.joining(self._announce(), read, era)
 

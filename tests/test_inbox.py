@@ -199,6 +199,31 @@ def test_a_server_remembers_the_entries_it_routed_until_its_subscription_is_lost
     assert "1-0" not in routed and "3-0" not in routed
 
 
+def test_alone_what_was_forwarded_before_the_subscription_came_back_goes_again_first(inbox_r):
+    """The only server's subscription was cut just after Redis answered for m0 and m1:
+    they may never have been sent. Once it is back, they are forwarded again, in order,
+    before m2; with other servers subscribed (they heard them, and redo our part), not."""
+    r = inbox_r
+    reader = Inbox(r, "me", Metrics())
+    heard = r.pubsub()
+    heard.subscribe(names.INBOX_CHANNEL)
+    heard.get_message(timeout=1)
+    assert reader._lease()
+    for n in range(2):
+        rm_flask.publish(r, "rm.users.a", f"m{n}")
+    reader._pass()
+    reader.resubscribed(alone=False)
+    rm_flask.publish(r, "rm.users.a", "m2")
+    reader._pass()
+    reader.resubscribed(alone=True)
+    rm_flask.publish(r, "rm.users.a", "m3")
+    reader._pass()
+    frames = []
+    while (message := heard.get_message(timeout=1)) is not None:
+        frames.append(message["data"].split(b"\n", 2)[2])
+    assert frames == [b"m0", b"m1", b"m2", b"m0", b"m1", b"m2", b"m3"]
+
+
 def test_a_reader_that_lost_its_lease_forwards_nothing(inbox_r):
     r = inbox_r
     first, second = Inbox(r, "one", Metrics()), Inbox(r, "two", Metrics())

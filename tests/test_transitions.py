@@ -311,13 +311,6 @@ RECONNECT_ELSEWHERE = {"sigterm_one", "kill9_then_flushall"}
 LATE_AFTER_A_REDIS_RESTART = {"restart_empty"}
 
 
-# With one process, an inbox entry forwarded in the instant its only subscription is cut
-# was answered for by Redis and never sent (what `cut_before_sent` counts with PUBLISH):
-# it stays unacknowledged and is forwarded again after `inbox.REDO_AFTER`, behind newer
-# entries. Late, never lost (2-5 a run on 3 December).
-LATE_AFTER_AN_UNHEARD_FORWARD = {("client_kill_one", 1)}
-
-
 def check(counts: dict[str, object]) -> None:
     assert counts["lost"] == 0, counts
     assert counts["queue_duplicates"] == 0, counts
@@ -329,10 +322,6 @@ def check(counts: dict[str, object]) -> None:
                      f"{counts['late_examples']}")
     if counts["late"] and counts["fault"] in LATE_AFTER_A_REDIS_RESTART and counts["processes"] > 1:
         pytest.xfail(f"issue #10, late after a Redis restart: {counts['late']}: {counts['late_examples']}")
-    if (counts["late"] and counts["via"] == "inbox"
-            and (counts["fault"], counts["processes"]) in LATE_AFTER_AN_UNHEARD_FORWARD):
-        pytest.xfail(f"issue #10, an inbox entry late after a forward nobody heard: {counts['late']}: "
-                     f"{counts['late_examples']}")
     assert counts["late"] == 0, counts
 
 
