@@ -203,7 +203,9 @@ class Service:
         if connection is not None:
             connection.disconnect()
         view = self.dispatcher.view
-        self.inbox.resubscribed(alone=len(view.servers) < 2)
+        # Alone by the view we had while subscribed. Starting, we had none: what an
+        # earlier reader left is the takeover's to forward again.
+        self.inbox.resubscribed(alone=view.synced and len(view.servers) < 2)
         read, era = (self.dispatcher.last_read(), view.era) if view.synced and gap else ((0, 0), "")
         self.dispatcher.joining(self._announce(), read, era)
 
