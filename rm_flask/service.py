@@ -116,6 +116,7 @@ class Service:
         # already holds before it reads on and finds the connection closed.
         self.redis_ok = True
         self._started = False
+        self._redis_run: str | None = None  # Redis's run id at our last join
         self._start_lock = threading.Lock()
         self._stopped = threading.Event()
 
@@ -203,11 +204,24 @@ class Service:
         if connection is not None:
             connection.disconnect()
         view = self.dispatcher.view
-        # Alone by the view we had while subscribed. Starting, we had none: what an
-        # earlier reader left is the takeover's to forward again.
-        self.inbox.resubscribed(alone=view.synced and len(view.servers) < 2)
+        # Nobody may have heard what the inbox forwarded just before: we were alone (by
+        # the view we had while subscribed), or Redis restarted and cut every
+        # subscription. Starting, we knew neither: what an earlier reader left is the
+        # takeover's to forward again.
+        restarted = self._redis_restarted()
+        self.inbox.resubscribed(alone=view.synced and (len(view.servers) < 2 or restarted))
         read, era = (self.dispatcher.last_read(), view.era) if view.synced and gap else ((0, 0), "")
         self.dispatcher.joining(self._announce(), read, era)
+
+    def _redis_restarted(self) -> bool:
+        """Is this another Redis run than at our last join? (Unknown: no.)"""
+        try:
+            run_id = self.redis.info("server").get("run_id")
+        except redis.RedisError:
+            return False
+        restarted = self._redis_run is not None and run_id != self._redis_run
+        self._redis_run = run_id
+        return restarted
 
     def _announce(self, rejoin: bool = True) -> list[Any]:
         """Run our `up`: this server, its heartbeat and its sockets; returns the cluster

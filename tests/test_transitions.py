@@ -345,7 +345,8 @@ def test_one_process(fault: str, tmp_path: Path, logs_dir: Path, summary) -> Non
 # The inbox keeps what no process has routed yet (SPEC §9): the same faults, with every
 # message added to it instead of PUBLISHed, and every one owed, also those a cut
 # subscription was never sent.
-INBOX = ["client_kill_one", "client_pause", "kill9_one", "sigterm_one", "restart_aof", "join_one", "restart_one"]
+INBOX = ["client_kill_one", "client_pause", "kill9_one", "sigterm_one", "restart_aof", "join_one",
+         "restart_one"]
 
 
 @pytest.mark.parametrize("fault", INBOX)
