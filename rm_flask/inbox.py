@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import redis
@@ -187,19 +187,11 @@ class Inbox:
         # newer, or its users would get newer entries first. Otherwise what stayed
         # unacknowledged for `REDO_AFTER` (a server that routed it died before saying so).
         idle = TAKEOVER_IDLE if self._taken_over else REDO_AFTER
-        cursor = "0-0"
-        while self.reading:
-            # (Redis 7 adds a third element to the reply: the ids of entries deleted meanwhile.)
-            reply = self.client.xautoclaim(names.INBOX_KEY, names.INBOX_GROUP, self.me,
-                                           int(idle * 1000), cursor, count=BATCH)
-            cursor, stale = _text(reply[0]), reply[1]
-            if stale:
-                log.warning("Inbox: forwarding %d entries again (unacknowledged for %ss)", len(stale), idle)
-                self.forward(stale)
-                if self._unforwarded:
-                    return
-            if cursor == "0-0":
-                break
+        for stale in self._stale(int(idle * 1000)):
+            log.warning("Inbox: forwarding %d entries again (unacknowledged for %ss)", len(stale), idle)
+            self.forward(stale)
+            if self._unforwarded:
+                return
         self._taken_over = False
         for _, entries in self.client.xreadgroup(names.INBOX_GROUP, self.me, {names.INBOX_KEY: ">"},
                                                  count=BATCH, block=int(BLOCK * 1000)) or []:
@@ -208,12 +200,27 @@ class Inbox:
             self._trimmed_at = time.monotonic()
             self.trim()
 
+    def _stale(self, idle_ms: int) -> Iterator[list[tuple[bytes, dict[bytes, bytes]]]]:
+        """Batches of the entries read and unacknowledged for `idle_ms`, claimed for us,
+        in the stream's order, while we hold the lease."""
+        cursor = "0-0"
+        while self.reading:
+            # (Redis 7 adds a third element to the reply: the ids of entries deleted meanwhile.)
+            reply = self.client.xautoclaim(names.INBOX_KEY, names.INBOX_GROUP, self.me, idle_ms, cursor,
+                                           count=BATCH)
+            cursor = _text(reply[0])
+            if reply[1]:
+                yield reply[1]
+            if cursor == "0-0":
+                return
+
     def resubscribed(self, alone: bool) -> None:
-        """Our subscription is back (said as it is, before the listener reads on). If no
-        other server was subscribed, what we forwarded just before it was cut may have
-        been answered for by Redis and never sent to anyone: it goes again before
-        anything else is forwarded (`_forward_unheard`), or its users would get newer
-        entries first. With others, they heard it, and they redo our part."""
+        """Our subscription is back (said as it is, before the listener reads on). If
+        nobody else may have heard what we forwarded just before it was cut (we were
+        alone, or Redis restarted), Redis may have answered for it and sent it to no one:
+        it goes again before anything else is forwarded (`_forward_unheard`), or its
+        users would get newer entries first. Otherwise the others heard it, and they
+        redo our part."""
         if alone:
             self._heard_from = time.monotonic()
 
@@ -221,16 +228,7 @@ class Inbox:
         """Forward again every entry read before our subscription came back and not
         acknowledged since, in the stream's order; returns their ids."""
         since, self._heard_from = self._heard_from, 0.0
-        idle = int((time.monotonic() - since) * 1000)
-        claimed: list[tuple[bytes, dict[bytes, bytes]]] = []
-        cursor = "0-0"
-        while True:
-            reply = self.client.xautoclaim(names.INBOX_KEY, names.INBOX_GROUP, self.me, idle, cursor,
-                                           count=BATCH)
-            cursor = _text(reply[0])
-            claimed += reply[1]
-            if cursor == "0-0":
-                break
+        claimed = [entry for batch in self._stale(int((time.monotonic() - since) * 1000)) for entry in batch]
         if claimed:
             log.warning("Inbox: forwarding %d entries again (forwarded as our subscription was cut)",
                         len(claimed))
