@@ -11,7 +11,7 @@ import pytest
 from flask import Flask
 from flask_socketio import SocketIO
 
-from rm_flask.transport import SocketTransport, ack_ids
+from rm_flask.transport import ReadsToTheEnd, SocketTransport, ack_ids
 
 PREFIX = '2/rm,["ack",'
 
@@ -79,3 +79,62 @@ def test_a_failing_ack_handler_is_logged_and_reading_goes_on(caplog) -> None:
     server.manager.connect("eio-1", "/rm")
     server.eio.handlers["message"]("eio-1", '2/rm,["ack",["x"]]')
     assert "ack handler error" in caplog.text
+
+
+class _Inner:
+    """gevent-websocket's websocket, as far as Engine.IO's wrapper uses it: frames that
+    arrived, a write that fails once the other end has reset the connection."""
+
+    version, path, origin, protocol = "13", "/socket.io/", None, None
+
+    def __init__(self, frames: list[str]) -> None:
+        self.frames = frames
+        self.closed = False
+        self.reset = False
+
+    def send(self, message: Any) -> None:
+        if self.reset:
+            raise ConnectionResetError("reset by peer")
+
+    def receive(self) -> Any:
+        return None if self.closed or not self.frames else self.frames.pop(0)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _wrapped(inner: _Inner) -> ReadsToTheEnd:
+    ws = ReadsToTheEnd(lambda ws: ws, None)
+    return ws({"wsgi.websocket": inner}, None)
+
+
+def test_after_a_failed_write_the_frames_already_in_are_still_read() -> None:
+    inner = _Inner(['2/rm,["ack",["a"]]', '2/rm,["ack",["b"]]'])
+    ws = _wrapped(inner)
+    ws.send("4message")
+    inner.reset = True
+    with pytest.raises(ConnectionResetError):
+        ws.send("4message")
+    ws.close()  # what Engine.IO's writer does when a write fails
+    assert not inner.closed
+    assert [ws.wait(), ws.wait(), ws.wait()] == ['2/rm,["ack",["a"]]', '2/rm,["ack",["b"]]', None]
+
+
+def test_a_close_with_no_failed_write_closes() -> None:
+    inner = _Inner(['2/rm,["ack",["a"]]'])
+    ws = _wrapped(inner)
+    ws.send("4message")
+    ws.close()
+    assert inner.closed and ws.wait() is None
+
+
+def test_a_gevent_server_reads_to_the_end_and_the_driver_is_left_as_it_was() -> None:
+    from engineio.async_drivers import gevent as driver
+
+    gevent_io = SocketIO(Flask(__name__), async_mode="gevent")
+    SocketTransport(gevent_io, "/rm")
+    assert gevent_io.server.eio._async["websocket"] is ReadsToTheEnd
+    assert driver._async["websocket"] is not ReadsToTheEnd
+    threaded = SocketIO(Flask(__name__), async_mode="threading")
+    SocketTransport(threaded, "/rm")
+    assert threaded.server.eio._async["websocket"] is not ReadsToTheEnd
