@@ -121,7 +121,7 @@ class Dispatcher:
         self.view = View(self.me)
         self.max_payload = max_payload
         self.settler = Settler(store)
-        self.delivery = Delivery(self.me, self.view, registry, transport, metrics, self.settler)
+        self.delivery = Delivery(self.me, self.view, registry, transport, metrics, self.settler, store.track)
         self.sessions = Sessions(self.view, registry, store, cluster, transport, metrics, self.settler,
                                  suspect=hooks.suspect, ack_timeout=ack_timeout)
         # What our `up` returned, until its event comes through the subscription.

@@ -175,10 +175,8 @@ class Drains:
             return
         acked_only = all(c.ack for c in live)
         if acked_only:
-            writes = self.store.writes()
-            for msg in held:
-                writes.track(user.uid, msg.stored)
-            retrying("recording messages in flight", writes.execute)
+            stored = [m.stored for m in held]
+            retrying("recording messages in flight", partial(self.store.track, user.uid, stored))
         bubble = self.bubble(user.uid)
         for msg in held:
             if not (user.live() and self.send(user, msg, acked_only, bubble)):

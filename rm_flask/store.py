@@ -91,6 +91,13 @@ class Store:
             args += (old, new, score)
         self._adopt(keys=[names.inflight_key(self.server_id, uid)], args=args)
 
+    def track(self, uid: str, stored: Sequence[str]) -> None:
+        """Record messages in flight, before they are written to an ack-mode socket."""
+        writes = self.writes()
+        for item in stored:
+            writes.track(uid, item)
+        writes.execute()
+
     def writes(self, from_listener: bool = False) -> Writes:
         """Gather queue appends and in-flight records to send in one round trip.
 

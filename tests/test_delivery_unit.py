@@ -49,7 +49,7 @@ def setup(*tabs: tuple[str, bool]) -> tuple[Delivery, User, FakeTransport, FakeS
         registry.join(conn, "u")
         view.sockets.setdefault("u", []).append(("me", sid))
     transport, store, metrics = FakeTransport(), FakeStore(), Metrics()
-    delivery = Delivery("me", view, registry, transport, metrics, Settler(store))
+    delivery = Delivery("me", view, registry, transport, metrics, Settler(store), store.track)
     return delivery, registry.user("u"), transport, store, metrics
 
 
@@ -135,6 +135,29 @@ def test_what_a_tab_that_left_held_becomes_the_new_tabs_and_is_not_given_back_to
     user.leaving["gone"] = [Pending(msg(2), set())]
     delivery.replay(user, plain)
     assert user.leaving["gone"] == [] and delivered(metrics) == 2, "written to a plain tab: delivered"
+
+
+def test_what_was_kept_for_a_give_back_and_is_replayed_becomes_the_new_tabs():
+    """Kept while the user had no socket here (the last one leaving), replayed to the
+    tab that came, and also given back with the one that left, a message came again
+    after the new tab had acknowledged it (40 tabs churning by FIN: 2-21 a run)."""
+    delivery, user, transport, store, metrics = setup(("gone", True))
+    user.conns[0].closing = True  # leaving: what came meanwhile was kept
+    user.leftover += [msg(1), msg(2)]
+    late = Conn("late", "127.0.0.1:2", ack=True)
+    user.conns.append(late)
+    delivery.replay(user, late)
+    assert [i for i, _ in transport.frames["late"]] == ["e.1.1", "e.1.2"]
+    assert user.leftover == [], "not given back with the tab that left"
+    assert store.tracked == [("u", [msg(1).stored, msg(2).stored])], "in flight before written"
+    assert user.pending["e.1.1"].waiting == {"late"}
+    transport.callbacks[("late", "e.1.1")]()
+    assert list(user.pending) == ["e.1.2"] and delivered(metrics) == 1
+    plain = Conn("plain", "127.0.0.1:3", ack=False)
+    user.leftover.append(msg(3))
+    delivery.replay(user, plain)
+    assert user.leftover == [] and delivered(metrics) == 3, "written to a plain tab: delivered"
+    assert len(store.tracked) == 1, "a plain tab's messages are not in flight"
 
 
 def test_a_tab_awaiting_replays_gets_them_and_what_came_meanwhile_in_sequence_order():

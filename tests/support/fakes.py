@@ -9,7 +9,11 @@ import redis
 class FakeStore:
     def __init__(self) -> None:
         self.calls: list[dict[str, list[str]]] = []
+        self.tracked: list[tuple[str, list[str]]] = []
         self.refuse = 0  # how many calls fail before one succeeds
+
+    def track(self, uid: str, stored: list[str]) -> None:
+        self.tracked.append((uid, list(stored)))
 
     def settle_many(self, by_uid: dict[str, list[str]]) -> None:
         if self.refuse:
