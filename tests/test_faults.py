@@ -247,6 +247,70 @@ def test_200_ack_clients_churning_during_20000_messages(make_server, proxy_to, r
             tab.close()
 
 
+@pytest.mark.timeout(300)
+def test_40_ack_tabs_dropping_by_fin_during_40000_messages(make_server, r, summary):
+    """A tab's acks that reached the server are never in vain: 40 ack-mode users at
+    4,000 msg/s, whose tabs drop with a bare FIN, one after another, and come back at
+    once. Fewer users than the churn test above, so that each drops every second or so,
+    often with messages it has not read (its kernel then resets the connection).
+
+    Counted from the outside: every message received, 0 lost, one id each, nothing left
+    in flight, and no message sent again after a tab acknowledged it (`drop` closes
+    only once the server's kernel has the tab's acks). Before this round: 2-28 sent
+    again a run (4 runs), 9-42 once the drop waited for its acks (4 runs)."""
+    server = make_server(log_level="warning", ping_interval=2, ping_timeout=3)
+    uids = [f"f{i}" for i in range(40)]
+    tabs_by_uid: dict[str, list[RMClient]] = {u: [] for u in uids}
+
+    def comes_back(uid: str) -> RMClient:
+        tab = RMClient(server.url).connect(timeout=30)
+        tabs_by_uid[uid].append(tab)
+        assert tab.identify({"uid": uid, "ack": True}, timeout=30) == {"ok": True, "uid": uid}
+        return tab
+
+    live = {u: comes_back(u) for u in uids}
+    stream = Stream(r, uids)
+    publisher = threading.Thread(target=stream.publish, args=(40_000, 4000))
+
+    def churn(mine: list[str], seed: int) -> int:
+        rng, drops = random.Random(seed), 0
+        while publisher.is_alive():
+            uid = rng.choice(mine)
+            live[uid].drop()
+            live[uid] = comes_back(uid)
+            drops += 1
+            time.sleep(0.01)
+        return drops
+
+    publisher.start()
+    with ThreadPoolExecutor(4) as pool:
+        drops = sum(f.result() for f in [pool.submit(churn, uids[k::4], k) for k in range(4)])
+    publisher.join()
+    try:
+        wait_until(lambda: sum(map(len, map(set, received_by_uid(tabs_by_uid).values()))) >= stream.sent,
+                   60, f"{stream.sent} distinct deliveries")
+        wait_settled(r)
+    except AssertionError:
+        pass  # counted below
+    counts = account_tabs(stream, tabs_by_uid, r)
+    stale = {k.decode(): r.zcard(k) for k in r.scan_iter("rm:inflight:*:*")}
+    summary(**{k: v for k, v in counts.items() if k != "examples"}, drops=drops, left_in_flight=stale)
+    print("FIN churn:", counts, f"{drops} drops", "in flight:", stale, "LOG", server.log_path)
+    assert counts["lost"] == 0 and counts["received"] == counts["sent"] == 40_000, counts
+    assert counts["two_ids"] == 0, "a re-delivery keeps the message's id"
+    assert not stale, "nothing left in flight"
+    assert counts["redelivered_after_ack"] == 0, counts["examples"].get("redelivered_after_ack")
+    if counts["out_of_order"]:
+        # Found by this test, not fixed yet (issue #10): a tab that joins while the
+        # previous one's drain was ending is sent what that drain held back, ahead of
+        # what it had not sent from the queue yet (0-39 a run, before and after this round).
+        pytest.xfail(f"open: {counts['out_of_order']} late after a drain that was ending stopped: "
+                     f"{counts['examples'].get('out_of_order', [])[:2]}")
+    for tabs in tabs_by_uid.values():
+        for tab in tabs:
+            tab.close()
+
+
 # README, "Not promised": kill -9 loses what the process had read from its subscription
 # but not yet written anywhere, and what Redis had sent it that it had not read: the last
 # moments before the kill. A message lost that was published longer than this before the

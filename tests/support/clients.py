@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import socket
+import struct
+import termios
 import threading
 import time
 from typing import Any
@@ -208,8 +212,14 @@ class RMClient:
         eio = self.sio.eio
         try:
             if eio.ws is not None:
-                eio.ws.sock.shutdown(2)
-                eio.ws.sock.close()
+                sock = eio.ws.sock
+                sock.shutdown(socket.SHUT_RDWR)
+                # Closing a socket with unread data resets the connection, and a reset
+                # throws away what our kernel has not sent yet: the acks would never
+                # reach the server. Closed once the server's kernel has them all.
+                wait_until(lambda: _unsent(sock) == 0, 2, "the acks to reach the server's kernel",
+                           interval=0.001)
+                sock.close()
         except Exception:
             pass
         self.disconnected.wait(5)
@@ -230,6 +240,11 @@ class RMClient:
             proxy.cut(port)
             self.ended, self.vanished_at = "vanished", time.monotonic()
         self.drop()
+
+
+def _unsent(sock: socket.socket) -> int:
+    """Bytes in `sock`'s send queue that the other end's kernel has not acknowledged yet."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
 
 
 def ack(uid: str) -> dict[str, Any]:
