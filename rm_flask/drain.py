@@ -75,6 +75,14 @@ class Drains:
             user.begin_drain()
         self.spawn(self._run, user)
 
+    def resume(self, user: User) -> None:
+        """Our drain stopped while ending, and a tab came back before what it held back
+        was given back: it goes on from its end (lock held). Its tab that left was sent
+        a batch, but what was queued after that batch and before the end had not been
+        sent; given what the drain held back first, the new tab got them late."""
+        user.resume_ending()
+        self.spawn(self._run, user)
+
     def _run(self, user: User) -> None:
         """Run `_steps`; a drain that fails is ended and started again shortly, so that
         nothing the user is owed stays behind it (what it had taken is given back by

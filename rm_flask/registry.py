@@ -97,6 +97,9 @@ class User:
     # only they would have got is kept, to be given back with what they held.
     leaving: dict[str, list[Pending]] = field(default_factory=dict)
     leftover: list[Message] = field(default_factory=list)
+    # Our drain stopped while ending (its sockets left): `leftover` holds what it held
+    # back, and the queue may still hold older messages, from before its end.
+    interrupted: bool = False
     # While the phase holds: live messages, until the last queued ones are sent (by this
     # process's drain, or as copies of another's).
     held: list[Message] = field(default_factory=list)
@@ -124,12 +127,30 @@ class User:
         return held
 
     def stop_drain(self) -> None:
-        """Our drain stops (done, or its sockets here went): what it held is given back."""
+        """Our drain stops (done, or its sockets here went): what it held is given back,
+        unless a tab comes back first (`resume_ending`)."""
         self.drain_log = []
         if self.phase.holds:
             self.leftover.extend(self.held)
-            self.held, self.end = [], None
+            self.held = []
+            self.interrupted = self.phase is Phase.ENDING
+            if not self.interrupted:
+                self.end = None
         self.phase = Phase.IDLE
+
+    def resume_ending(self) -> None:
+        """A tab came back here before what our stopped drain held back was given back:
+        the drain goes on from its end, holding that again, so that what the queue still
+        holds from before the end reaches the tab first."""
+        self.phase, self.interrupted = Phase.ENDING, False
+        self.held, self.leftover = self.leftover, []
+
+    def take_leftover(self) -> list[Message]:
+        """What was kept to give back, taken to be given back now."""
+        leftover, self.leftover, self.interrupted = self.leftover, [], False
+        if self.phase is Phase.IDLE:
+            self.end = None
+        return leftover
 
     def stop_following(self) -> None:
         """Our last socket left while it followed another's drain: what it held goes back."""

@@ -144,7 +144,7 @@ class Sessions:
                 # Our last tab waited for another process's drain to end: what it held
                 # back goes too.
                 user.stop_following()
-            leftover, user.leftover = user.leftover, []
+            leftover = user.take_leftover()
             user.returning += 1
         given = orphans + leftover
         try:
@@ -173,7 +173,7 @@ class Sessions:
         the queue, which is drained again."""
         with self.registry.user_lock(uid):
             user = self.registry.user(uid)
-            given, user.leftover = (user.leftover, []) if user else ([], [])
+            given = user.take_leftover() if user else []
         self.recommit(uid, given)
         retrying(f"announcing the give-back of {uid}",
                  lambda: self.cluster.mark("returned", [uid], drain="start", ref=self.view.seq))
@@ -229,7 +229,7 @@ class Sessions:
         finds this one gone."""
         for user in list(self.registry.users.values()):
             with self.registry.user_lock(user.uid):
-                kept, user.leftover, user.held = user.leftover + user.held, [], []
+                kept, user.held = user.take_leftover() + user.held, []
                 if not kept:
                     continue
                 writes = self.store.writes()

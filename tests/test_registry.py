@@ -37,6 +37,36 @@ def test_a_drain_stopped_while_ending_gives_back_what_it_held():
     assert user.held == [] and user.drain_log == [] and user.end is None
 
 
+def test_a_tab_back_before_the_give_back_resumes_the_stopped_ending_drain():
+    """What the queue still holds from before the end is older than what the drain
+    held back: given those first, a tab that came back got the queue's late."""
+    user = User("u")
+    user.begin_drain()
+    user.hold((7, "owner"))
+    user.held.append(msg(2))
+    user.stop_drain()
+    assert user.interrupted and user.end == (7, "owner"), "the end is kept for a resume"
+    user.leftover.append(msg(3))  # came while no tab was here
+    user.resume_ending()
+    assert user.phase is Phase.ENDING and user.end == (7, "owner")
+    assert [m.id for m in user.held] == ["e.1.2", "e.1.3"] and user.leftover == []
+    assert not user.interrupted
+
+
+def test_what_a_stopped_ending_drain_held_given_back_leaves_nothing_to_resume():
+    user = User("u")
+    user.begin_drain()
+    user.hold((7, "owner"))
+    user.held.append(msg(2))
+    user.stop_drain()
+    assert [m.id for m in user.take_leftover()] == ["e.1.2"]
+    assert not user.interrupted and user.end is None and user.leftover == []
+    user.begin_drain()
+    user.hold(None)
+    user.stop_drain()  # ending, its end not read yet: nothing was held
+    assert user.interrupted and user.end is None
+
+
 def test_following_another_drain_then_its_last_copy_releases():
     user = User("u")
     user.hold((9, "owner"))  # another process's `ending`, read here
