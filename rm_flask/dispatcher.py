@@ -574,7 +574,8 @@ class Dispatcher:
                     # also hold what that tab's drain had not sent yet, older than what
                     # it kept: replayed, the kept messages came first.
                     if not event.first:
-                        if user.interrupted and self.view.home(uid) == self.me:
+                        if (user.interrupted and user.phase is Phase.IDLE
+                                and self.view.home(uid) == self.me):
                             self.drains.resume(user)
                         self.delivery.replay(user, conn)
                     elif user.leftover and uid not in self.view.returning:

@@ -77,9 +77,8 @@ class Drains:
 
     def resume(self, user: User) -> None:
         """Our drain stopped while ending, and a tab came back before what it held back
-        was given back: it goes on from its end (lock held). Its tab that left was sent
-        a batch, but what was queued after that batch and before the end had not been
-        sent; given what the drain held back first, the new tab got them late."""
+        was given back: it goes on from its end (lock held), as the queue may still hold
+        messages from before the end, which the tab must get before the held ones."""
         user.resume_ending()
         self.spawn(self._run, user)
 
