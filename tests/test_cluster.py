@@ -24,7 +24,7 @@ import socketio
 from rm_flask import names
 from rm_flask.service import RECONNECT_GRACE
 from tests.support.accounting import QueueSampler, Stream, account_tabs
-from tests.support.clients import RMClient, ack
+from tests.support.clients import RMClient, ack, churn_by_fin
 from tests.support.cluster import (
     MixedStream,
     copy_of,
@@ -616,33 +616,9 @@ def test_60_ack_tabs_dropping_by_fin_on_3_servers_each_back_on_its_own(make_serv
     an ack (3 runs)."""
     servers = start_servers(make_server, 3, log_level="warning", ping_interval=2, ping_timeout=3)
     uids = [f"h{i}" for i in range(60)]
-    home = {u: servers[i % 3] for i, u in enumerate(uids)}
-    tabs_by_uid: dict[str, list[RMClient]] = {u: [] for u in uids}
-
-    def comes_back(uid: str) -> RMClient:
-        tab = RMClient(home[uid].url).connect(timeout=30)
-        tabs_by_uid[uid].append(tab)
-        assert tab.identify(ack(uid), timeout=30) == {"ok": True, "uid": uid}
-        return tab
-
-    live = {u: comes_back(u) for u in uids}
     stream = Stream(r, uids)
-    publisher = threading.Thread(target=stream.publish, args=(30_000, 3000))
-
-    def churn(mine: list[str], seed: int) -> int:
-        rng, drops = random.Random(seed), 0
-        while publisher.is_alive():
-            uid = rng.choice(mine)
-            live[uid].drop()
-            live[uid] = comes_back(uid)
-            drops += 1
-            time.sleep(0.01)
-        return drops
-
-    publisher.start()
-    with ThreadPoolExecutor(4) as pool:
-        drops = sum(f.result() for f in [pool.submit(churn, uids[k::4], k) for k in range(4)])
-    publisher.join()
+    tabs_by_uid, drops = churn_by_fin(lambda u: servers[int(u[1:]) % 3].url, uids,
+                                      lambda: stream.publish(30_000, 3000))
 
     def in_flight() -> dict[str, int]:
         return {k.decode(): r.zcard(k) for k in r.scan_iter("rm:inflight:*:*")}

@@ -19,7 +19,7 @@ import requests
 
 from rm_flask import names
 from tests.support.accounting import Stream, account_tabs, queued_envelopes
-from tests.support.clients import RMClient
+from tests.support.clients import RMClient, churn_by_fin
 from tests.support.processes import ServerProcess, start_redis, wait_until
 
 pytestmark = pytest.mark.slow
@@ -260,32 +260,8 @@ def test_40_ack_tabs_dropping_by_fin_during_40000_messages(make_server, r, summa
     ahead of what it had not sent from the queue yet."""
     server = make_server(log_level="warning", ping_interval=2, ping_timeout=3)
     uids = [f"f{i}" for i in range(40)]
-    tabs_by_uid: dict[str, list[RMClient]] = {u: [] for u in uids}
-
-    def comes_back(uid: str) -> RMClient:
-        tab = RMClient(server.url).connect(timeout=30)
-        tabs_by_uid[uid].append(tab)
-        assert tab.identify({"uid": uid, "ack": True}, timeout=30) == {"ok": True, "uid": uid}
-        return tab
-
-    live = {u: comes_back(u) for u in uids}
     stream = Stream(r, uids)
-    publisher = threading.Thread(target=stream.publish, args=(40_000, 4000))
-
-    def churn(mine: list[str], seed: int) -> int:
-        rng, drops = random.Random(seed), 0
-        while publisher.is_alive():
-            uid = rng.choice(mine)
-            live[uid].drop()
-            live[uid] = comes_back(uid)
-            drops += 1
-            time.sleep(0.01)
-        return drops
-
-    publisher.start()
-    with ThreadPoolExecutor(4) as pool:
-        drops = sum(f.result() for f in [pool.submit(churn, uids[k::4], k) for k in range(4)])
-    publisher.join()
+    tabs_by_uid, drops = churn_by_fin(lambda _: server.url, uids, lambda: stream.publish(40_000, 4000))
     try:
         wait_until(lambda: sum(map(len, map(set, received_by_uid(tabs_by_uid).values()))) >= stream.sent,
                    60, f"{stream.sent} distinct deliveries")

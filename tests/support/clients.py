@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import fcntl
+import random
 import socket
 import struct
 import termios
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import engineio
@@ -245,6 +248,39 @@ class RMClient:
 def _unsent(sock: socket.socket) -> int:
     """Bytes in `sock`'s send queue that the other end's kernel has not acknowledged yet."""
     return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+
+
+def churn_by_fin(url_of: Callable[[str], str], uids: list[str],
+                 publish: Callable[[], None]) -> tuple[dict[str, list[RMClient]], int]:
+    """One ack-mode tab per user (on `url_of(uid)`); then, while `publish` runs in a thread
+    of its own, four churners drop their users' tabs with a bare FIN, one after another,
+    each coming back at once. Every tab of each user, oldest first, and how many drops."""
+    tabs_by_uid: dict[str, list[RMClient]] = {u: [] for u in uids}
+
+    def comes_back(uid: str) -> RMClient:
+        tab = RMClient(url_of(uid)).connect(timeout=30)
+        tabs_by_uid[uid].append(tab)
+        assert tab.identify(ack(uid), timeout=30) == {"ok": True, "uid": uid}
+        return tab
+
+    live = {u: comes_back(u) for u in uids}
+    publisher = threading.Thread(target=publish)
+
+    def churn(mine: list[str], seed: int) -> int:
+        rng, drops = random.Random(seed), 0
+        while publisher.is_alive():
+            uid = rng.choice(mine)
+            live[uid].drop()
+            live[uid] = comes_back(uid)
+            drops += 1
+            time.sleep(0.01)
+        return drops
+
+    publisher.start()
+    with ThreadPoolExecutor(4) as pool:
+        drops = sum(f.result() for f in [pool.submit(churn, uids[k::4], k) for k in range(4)])
+    publisher.join()
+    return tabs_by_uid, drops
 
 
 def ack(uid: str) -> dict[str, Any]:
