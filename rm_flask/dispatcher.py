@@ -594,7 +594,7 @@ class Dispatcher:
             # The tab whose `on` began the drain here may have left before we read it:
             # with no socket to send to, the drain did not start, and nothing else starts
             # it while the view says it runs (3 processes, 40 FIN-churning tabs: a queue
-            # of 40-236 stuck for a user online in 3 of 12 runs).
+            # of 40-236 stuck for a user online in 4 of 15 runs).
             self.drains.start(uid)
 
     def _began(self, uid: str, seq: int) -> None:
