@@ -118,7 +118,7 @@ class ReadsToTheEnd(GeventWebSocket):
     and our next write to it fails. Engine.IO's writer then closes the websocket, and its
     reader stops at the next frame: acks the tab wrote before it closed, already in our
     kernel's buffer, were never read, and the messages they acknowledged went to the
-    user's next tab again (2-28 per run of 40,000 messages with 40 tabs churning by FIN).
+    user's next tab again (9-42 per run of 40,000 messages with 40 tabs churning by FIN).
     Here the close that follows a failed write is left out: the reader reads what is
     buffered, then meets the end itself (the reset, EOF or its timeout) and closes as
     usual. Leans on python-engineio's gevent driver (version pinned in requirements.txt;

@@ -1,7 +1,8 @@
 """The socket layer's own paths below python-socketio (`rm_flask/transport.py`), on a
 real python-socketio server object with no network: which packets the `ack` fast path
-takes, and that it hands every other one on untouched. The same path end to end, with
-real sockets, is `tests/test_batch_acks.py`."""
+takes, and that it hands every other one on untouched; and that a failed write leaves the
+reading of what came in on (`ReadsToTheEnd`). The same paths end to end, with real
+sockets: `tests/test_batch_acks.py`, and the FIN churn in `tests/test_faults.py`."""
 
 from __future__ import annotations
 
